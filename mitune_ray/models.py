@@ -1,0 +1,70 @@
+"""Model locations: a local folder, an s3:// folder (copied to a local cache), the bundled
+ShapesWorld model, or a tiny random model of a family (for tests and benches)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mitune_ray.errors import MituneError
+from mitune_ray.storage import Store, is_s3
+
+BUNDLED = {"shapes": "shapes_model"}
+TINY_PREFIX = "tiny:"
+BUNDLED_PREFIX = "bundled:"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MITUNE_CACHE", Path.home() / ".cache" / "mitune"))
+
+
+def _atomic_folder(dest: Path, fill) -> Path:
+    """Create `dest` by filling a temporary sibling and renaming it, so readers never see a part."""
+    if (dest / "model_index.json").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp-"))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process won the race: its copy is the same
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model_path(path: str, *, endpoint_url: str | None = None) -> Path:
+    """A local diffusers folder for `model.path`.
+
+    Example:
+        >>> resolve_model_path("tiny:sd").name
+        'tiny-sd'
+    """
+    if path.startswith(TINY_PREFIX):
+        family = path[len(TINY_PREFIX):]
+        from mitune_ray.tiny import TINY_BUILDERS, save_tiny
+
+        if family not in TINY_BUILDERS:
+            raise MituneError(f"model.path={path!r}: no tiny model of family {family!r}; "
+                              f"use one of {', '.join('tiny:' + f for f in TINY_BUILDERS)}")
+        return _atomic_folder(cache_dir() / f"tiny-{family}", lambda d: save_tiny(family, d))
+    if path.startswith(BUNDLED_PREFIX):
+        name = path[len(BUNDLED_PREFIX):]
+        if name not in BUNDLED:
+            raise MituneError(f"model.path={path!r}: no bundled model {name!r}; use bundled:shapes")
+        folder = Path(__file__).parent / "assets" / BUNDLED[name]
+        if not (folder / "model_index.json").is_file():
+            raise MituneError(f"the bundled model {folder} is missing; reinstall mitune_ray or "
+                              "train it with 'mitune shapes train'")
+        return folder
+    if is_s3(path):
+        key = hashlib.sha256(path.encode()).hexdigest()[:16]
+        store = Store(path, endpoint_url=endpoint_url)
+        return _atomic_folder(cache_dir() / "models" / key, lambda d: store.download_dir("", str(d)))
+    return Path(path)
