@@ -1,0 +1,72 @@
+"""The Ray Data scoring stage on a local 2-CPU cluster, against the single-process scorers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from mitune_ray.errors import MituneError
+from mitune_ray.eval.stage import ScorerSpec, build_scorer, score_dataset
+
+PROMPTS = ["a green bench and a blue bowl", "a cat on the left of a dog", "a red apple"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # another module's cluster: use it, leave it to its owner
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_stage_scores_equal_the_single_process_scores(
+    ray_cluster, blip_folder, clip_folder, images
+):
+    from mitune_ray.eval._weights import decode_png
+
+    rows = [
+        {"id": i, "png": _png(images[i % len(images)]), "prompt": PROMPTS[i % len(PROMPTS)]}
+        for i in range(8)
+    ]
+    specs = [
+        ScorerSpec("blipvqa", str(blip_folder), device="cpu", options={"image_size": 32}),
+        ScorerSpec("clipscore", str(clip_folder), column="clip", device="cpu"),
+    ]
+    ds = ray_cluster.data.from_items(rows, override_num_blocks=4)  # blocks for both actors
+    scored = score_dataset(
+        ds, specs, actors=2, num_gpus_per_actor=0, num_cpus_per_actor=0.5, batch_size=3
+    )
+    out = sorted(scored.take_all(), key=lambda row: row["id"])
+    assert [row["id"] for row in out] == list(range(8))
+    assert set(out[0]) == {"id", "png", "prompt", "blipvqa", "clip"}
+
+    decoded = [decode_png(row["png"]) for row in rows]
+    prompts = [row["prompt"] for row in rows]
+    for spec in specs:
+        expected = build_scorer(spec).score(decoded, prompts)
+        got = np.array([row[spec.column] for row in out])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert len(set(np.round(got, 6))) > 2  # rows really differ
+
+
+def test_specs_are_validated():
+    with pytest.raises(MituneError, match="metric kind 'fid'"):
+        ScorerSpec("fid", "/models")
+    with pytest.raises(MituneError, match="dtype 'fp8'"):
+        ScorerSpec("hpsv2", "/models", dtype="fp8")
+    assert ScorerSpec("hpsv2", "/models").column == "hpsv2"
+    with pytest.raises(MituneError, match="its own column"):
+        score_dataset(None, [ScorerSpec("hpsv2", "/a"), ScorerSpec("hpsv2", "/b")])
+    with pytest.raises(MituneError, match="actors=0"):
+        score_dataset(None, ScorerSpec("hpsv2", "/a"), actors=0)
