@@ -35,6 +35,17 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def _kind(message: str) -> str | None:
+    """Errors that retrying cannot fix: a missing bucket or refused credentials."""
+    flat = message.replace("_", "").lower()
+    if "nosuchbucket" in flat:
+        return "bucket"
+    if any(s in flat for s in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied",
+                               "http status 403", "forbidden")):
+        return "denied"
+    return None
+
+
 class Store:
     """A storage root; every path argument is relative to it (posix separators)."""
 
@@ -99,18 +110,17 @@ class Store:
                 raise
             except OSError as exc:
                 message = str(exc)
-                fatal = any(s in message for s in ("NoSuchBucket", "InvalidAccessKeyId",
-                                                   "SignatureDoesNotMatch", "AccessDenied", "403"))
-                if fatal or time.monotonic() + delay > deadline:
+                if _kind(message) is not None or time.monotonic() + delay > deadline:
                     raise MituneError(self._explain(what, rel, message)) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     def _explain(self, what: str, rel: str, message: str) -> str:
         target = self.child_uri(rel)
-        if "NoSuchBucket" in message:
+        kind = _kind(message)
+        if kind == "bucket":
             return f"cannot {what} {target}: the bucket does not exist; create it or fix the URI"
-        if any(s in message for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")):
+        if kind == "denied":
             return (f"cannot {what} {target}: access denied; check the AWS credentials "
                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or profile) and the bucket policy")
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""

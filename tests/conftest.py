@@ -36,3 +36,33 @@ def tiny_folder(tmp_path_factory):
         return made[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server for the session, with the test credentials in the environment
+    (so pyarrow, boto3 and Ray workers started afterwards find them through the standard chain)."""
+    from tests.s3server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs")).start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test, named after it."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    name = f"t-{name}-{os.getpid() % 10000}"
+    server = s3_server
+    server.create_bucket(name)
+    return name
