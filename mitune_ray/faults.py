@@ -54,3 +54,9 @@ def maybe_fail(point: str, value: str | int | None = None, *, kill: bool = False
     if kill:
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"injected fault at {point} ({wanted})")
+
+
+def runtime_env() -> dict:
+    """The fault settings for Ray workers (only these variables; never credentials)."""
+    env = {k: os.environ[k] for k in (ENV, DIR_ENV) if os.environ.get(k)}
+    return {"env_vars": env} if env else {}

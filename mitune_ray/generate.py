@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError
+from mitune_ray import faults
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
 from mitune_ray.records import (
@@ -218,7 +219,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
                         batch_format="pyarrow", batch_size=None)
     # A block goes to one actor: with fewer shards than actors can use, split the (small) prompt
     # table so every actor gets batches. Large corpora have many shards and stream unsplit.
-    want = 2 * gen.actors
+    want = 4 * gen.actors
     if len(shards) < want:
         todo = (expected_prompts - len(done)) if expected_prompts else want * gen.prompts_per_batch
         ds = ds.repartition(max(1, min(want, -(-todo // gen.prompts_per_batch))))
@@ -226,8 +227,11 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         GenerateUDF, fn_constructor_kwargs={"model": model, "gen": gen, "mi": mi,
                                             "round_index": round_index, "out": out},
         batch_size=gen.prompts_per_batch, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=gen.actors),
+        # One batch in flight per actor: batches take seconds to minutes each, and queueing several
+        # on the first actor to start would leave the others idle on small corpora.
+        compute=ray.data.ActorPoolStrategy(size=gen.actors, max_tasks_in_flight_per_actor=1),
         num_gpus=gpus_per_actor, num_cpus=gen.cpus_per_actor,
+        runtime_env=faults.runtime_env() or None,
     )
     start = time.perf_counter()
     n_prompts = n_candidates = 0

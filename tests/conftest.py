@@ -66,3 +66,16 @@ def s3_bucket(s3_server, request):
     server = s3_server
     server.create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster per test module (4 logical CPUs on the 2-core machine, so reads are
+    never starved by actors), stopped afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
