@@ -187,8 +187,9 @@ def _keep_todo(batch: pa.Table, split: str, done: frozenset[str]) -> pa.Table:
 def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, round_index: int,
                    prompts: Store, shards: list[str], out: Store, split: str = "train",
                    gpus_per_actor: float | None = None, expected_prompts: int | None = None,
-                   log=print) -> GenerationSummary:
-    """Run (or resume) one round's generation over the prompt `shards` (paths under `prompts`).
+                   exclude: frozenset[str] = frozenset(), log=print) -> GenerationSummary:
+    """Run (or resume) one round's generation over the prompt `shards` (paths under `prompts`),
+    skipping prompts already done and those in `exclude` (evaluation prompts).
 
     Example:
         >>> generate_round(model=ModelSpec("tiny:sd"), gen=GenerateSection(candidates=4),
@@ -215,7 +216,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         gpus_per_actor = 1.0 if cluster_has_gpus() else 0.0
     ds = ray.data.read_parquet([prompts.path(s) for s in shards], filesystem=prompts.filesystem,
                                columns=["prompt_id", "prompt", "split"])
-    ds = ds.map_batches(_keep_todo, fn_kwargs={"split": split, "done": done},
+    ds = ds.map_batches(_keep_todo, fn_kwargs={"split": split, "done": done | exclude},
                         batch_format="pyarrow", batch_size=None)
     # A block goes to one actor: with fewer shards than actors can use, split the (small) prompt
     # table so every actor gets batches. Large corpora have many shards and stream unsplit.

@@ -1,0 +1,208 @@
+"""`mitune`: the command line.
+
+    mitune run [CONFIG.yaml] [key=value ...]     a whole run (no config: the built-in demo)
+    mitune config show [CONFIG.yaml] [key=value ...]
+    mitune generate [CONFIG] --round N [k=v]     one round's generation stage
+    mitune train [CONFIG] --round N [k=v]        one round's fine-tuning stage
+    mitune score --images PATH --out URI [CONFIG] [k=v]
+    mitune status RUN_URI
+    mitune export RUN_URI --round N DIR
+    mitune eval RUN_URI | mitune report RUN_URI [--out DIR]
+    mitune bench [...] | mitune shapes train|bench [...]
+
+Bad input ends with one line on stderr and exit status 2; nothing is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+
+from mitune_ray.errors import MituneError
+
+DEMO = "demo.yaml"
+
+
+def _config(args) -> "Config":  # noqa: F821 - imported lazily to keep --help fast
+    from mitune_ray.config import load_config
+
+    path = args.config
+    if path is not None and "=" in path and not os.path.exists(path):
+        args.overrides.insert(0, path)  # `mitune run key=value` with no config file
+        path = None
+    if path is None and getattr(args, "demo_default", False):
+        with resources.as_file(resources.files("mitune_ray.assets").joinpath(DEMO)) as demo:
+            return load_config(demo, args.overrides)
+    return load_config(path, args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    p.add_argument("config", nargs="?", help="YAML config" + (" (default: the demo)" if demo else ""))
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.rounds=2")
+    p.set_defaults(demo_default=demo)
+
+
+def cmd_run(args) -> int:
+    from mitune_ray.driver import run
+
+    run(_config(args))
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(_config(args).to_yaml(), end="")
+    return 0
+
+
+def _recipe(args):
+    from mitune_ray.driver import Recipe
+
+    recipe = Recipe(_config(args))
+    recipe.setup()
+    return recipe
+
+
+def cmd_stage(args) -> int:
+    from mitune_ray.driver import plan_round, round_dir
+
+    recipe = _recipe(args)
+    try:
+        r = args.round
+        if r < 1 or r > recipe.cfg.run.rounds:
+            raise MituneError(f"--round {r} is outside 1..run.rounds={recipe.cfg.run.rounds}")
+        recipe._stage("prompts", recipe.prompts_stage)
+        plan = plan_round(recipe.cfg, r, recipe.adapter_uri)
+        for earlier in range(1, r):
+            if recipe.manifest.stage(f"{round_dir(earlier)}/train") is None:
+                raise MituneError(f"round {earlier} is not trained yet; run its stages first "
+                                  f"(mitune run, or mitune train --round {earlier})")
+        if args.command == "generate":
+            recipe._stage(f"{round_dir(r)}/generate", lambda: recipe.generate_stage(r, plan))
+        else:
+            if recipe.manifest.stage(f"{round_dir(r)}/generate") is None:
+                raise MituneError(f"round {r} has no generated selected set; run "
+                                  f"'mitune generate --round {r}' first")
+            recipe._stage(f"{round_dir(r)}/train", lambda: recipe.train_stage(r, plan))
+    finally:
+        recipe.cleanup()
+    return 0
+
+
+def cmd_score(args) -> int:
+    from mitune_ray.score import score_images
+
+    score_images(_config(args), args.images, args.out)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from mitune_ray.driver import status_text
+    from mitune_ray.manifest import MANIFEST
+    from mitune_ray.storage import Store
+
+    store = Store(args.run_uri)
+    if not store.exists(MANIFEST):
+        raise MituneError(f"no run at {args.run_uri} (no {MANIFEST}); check the URI")
+    print(status_text(store.read_json(MANIFEST), store.uri))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mitune_ray.export import export_round
+
+    path = export_round(args.run_uri, args.round, args.dir)
+    print(f"adapter of round {args.round} written to {path}; load it with "
+          f"pipe.load_lora_weights({str(path)!r})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from mitune_ray.evaluation import evaluate_run
+
+    evaluate_run(args.run_uri, overrides=args.overrides)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mitune_ray.report import write_report
+
+    print(f"report written to {write_report(args.run_uri, args.out)}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from mitune_ray.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def cmd_shapes(args) -> int:
+    from mitune_ray.shapes.cli import main as shapes_main
+
+    return shapes_main([args.action, *args.rest])
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mitune", description="MI-TUNE on Ray: self-supervised "
+                                  "text-to-image alignment by point-wise mutual information.")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run or resume a multi-round MI-TUNE run")
+    _add_config_args(p, demo=True)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("config", help="show the resolved configuration")
+    p.add_argument("action", choices=["show"])
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_config)
+    for name, text in (("generate", "generate one round's candidates and selected set"),
+                       ("train", "fine-tune one round's DoRA adapter")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--round", type=int, default=1)
+        _add_config_args(p, demo=True)
+        p.set_defaults(fn=cmd_stage)
+    p = sub.add_parser("score", help="MI of existing (image, prompt) pairs")
+    p.add_argument("--images", required=True, help="image folder with metadata.jsonl, or parquet")
+    p.add_argument("--out", required=True, help="output folder (local or s3://)")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_score)
+    p = sub.add_parser("status", help="what each round and stage of a run did")
+    p.add_argument("run_uri")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("export", help="copy a round's adapter into a diffusers-loadable folder")
+    p.add_argument("run_uri")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("dir")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("eval", help="score each round's adapter on the evaluation prompts")
+    p.add_argument("run_uri")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("report", help="write a static HTML report of a run")
+    p.add_argument("run_uri")
+    p.add_argument("--out", default=None, help="folder (default: <run>/report)")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("bench", help="throughput benchmarks", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("shapes", help="ShapesWorld: train the bundled model, or benchmark MI-TUNE")
+    p.add_argument("action", choices=["train", "bench"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_shapes)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MituneError as err:
+        print(f"mitune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mitune: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The multi-round MI-TUNE recipe: setup, run, cleanup; resumable at any point.
+
+    prompts -> for r in 1..R: generate (model + adapters of earlier rounds) -> train -> [evaluate]
+
+Each stage's outputs live under the run URI (`round-00r/selected`, `round-00r/adapter`, ...) and
+the stage counts as done only once its manifest entry is committed (written last, atomically).
+Rerunning the same command resumes at the first uncommitted stage; a stage interrupted midway
+resumes its own work too (generation skips written shards, training restores its checkpoint).
+
+Example:
+    $ mitune run jobs/sd21_base_compbench.yaml run.rounds=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+
+from mitune_ray import faults
+from mitune_ray.config import Config
+from mitune_ray.errors import MituneError
+from mitune_ray.families import FAMILIES, Family
+from mitune_ray.manifest import Manifest
+from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, resolve_model_path
+from mitune_ray.storage import Store, is_s3
+
+SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
+
+
+def round_dir(r: int) -> str:
+    return f"round-{r:03d}"
+
+
+def model_family(cfg: Config) -> Family:
+    """The family of the configured model, from its model_index.json (no weights loaded)."""
+    from mitune_ray.families import resolve_family
+
+    path = cfg.model.path
+    if path.startswith((TINY_PREFIX, BUNDLED_PREFIX)) or not is_s3(path):
+        return resolve_family(cfg.model.family, resolve_model_path(path))
+    index = Store(path, endpoint_url=cfg.storage.endpoint_url).read_json("model_index.json")
+    from mitune_ray.families import _BY_CLASS  # noqa: PLC2701 - the table's own index
+
+    found = _BY_CLASS.get(index.get("_class_name"))
+    if found is None or cfg.model.family not in ("auto", found.name):
+        raise MituneError(f"model.path={path} holds a {index.get('_class_name')}, which does "
+                          f"not match model.family={cfg.model.family}")
+    return found
+
+
+def resolve(cfg: Config, fam: Family) -> Config:
+    """The config with the family's training defaults filled in (what the manifest records)."""
+    train = cfg.train.model_copy(update={k: v for k, v in fam.train_defaults.items()
+                                         if getattr(cfg.train, k) is None})
+    if cfg.run.chaining == "continue" and cfg.run.merge_previous:
+        raise MituneError("run.chaining=continue and run.merge_previous=true both carry the "
+                          "previous adapter forward; choose one")
+    return cfg.model_copy(update={"train": train,
+                                  "model": cfg.model.model_copy(update={"family": fam.name})})
+
+
+def _materialize_sources(sources: list[str], store: Store, kind: str) -> list[str]:
+    """Synthetic sources ("shapes:train:N") become text files inside the run, so the corpus
+    step reads them like any other file."""
+    out = []
+    for src in sources:
+        if not src.startswith(SYNTHETIC_PREFIX):
+            out.append(src)
+            continue
+        parts = src.split(":")
+        if len(parts) != 3 or parts[1] not in ("train", "eval") or not parts[2].isdigit():
+            raise MituneError(f"prompt source {src!r} ({kind}) is not shapes:train:N or shapes:eval:N")
+        from mitune_ray.shapes.prompts import eval_prompts, train_prompts
+
+        maker = train_prompts if parts[1] == "train" else eval_prompts
+        rel = f"inputs/shapes-{parts[1]}-{parts[2]}.txt"
+        store.write_bytes(rel, "\n".join(maker(int(parts[2]))).encode())
+        out.append(store.child_uri(rel))
+    return out
+
+
+@dataclass
+class RoundPlan:
+    """Which adapters feed a round, by the chaining options."""
+
+    generate_adapters: list[str]  # fused into the model before generating
+    base_adapters: list[str]  # fused into the base before training a new adapter
+    init_adapter: str | None  # the new adapter starts from this one
+    selected_rounds: list[int]  # the selected sets trained on
+
+
+def plan_round(cfg: Config, r: int, adapter_uri) -> RoundPlan:
+    earlier = list(range(1, r))
+    if cfg.run.merge_previous:
+        adapters = [adapter_uri(i) for i in earlier]
+        return RoundPlan(adapters, adapters, None, earlier + [r] if cfg.run.accumulate else [r])
+    previous = [adapter_uri(r - 1)] if r > 1 else []
+    init = adapter_uri(r - 1) if cfg.run.chaining == "continue" and r > 1 else None
+    return RoundPlan(previous, [], init, earlier + [r] if cfg.run.accumulate else [r])
+
+
+class Recipe:
+    """setup() -> run() -> cleanup(); every stage skips itself when already committed."""
+
+    def __init__(self, cfg: Config, *, log=print):
+        self.cfg, self.log = cfg, log
+        self.store = Store(cfg.run.uri, endpoint_url=cfg.storage.endpoint_url,
+                           region=cfg.storage.region)
+        self.manifest: Manifest | None = None
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from mitune_ray.runtime import ensure_ray
+
+        self.family = model_family(self.cfg)
+        self.cfg = resolve(self.cfg, self.family)
+        self.manifest = Manifest(self.store)
+        self.manifest.create_or_check(self.cfg.to_dict(), self.cfg.fingerprint(),
+                                      allow_change=self.cfg.run.allow_config_change)
+        self.manifest.acquire()
+        ensure_ray(self.cfg.ray)
+        self.log(f"run {self.store.uri}: {self.family.name} model {self.cfg.model.path}, "
+                 f"{self.cfg.run.rounds} rounds")
+
+    def adapter_uri(self, r: int) -> str:
+        return self.store.child_uri(f"{round_dir(r)}/adapter")
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def _stage(self, name: str, fn) -> dict:
+        done = self.manifest.stage(name)
+        if done is not None:
+            self.log(f"[{name}] already committed, skipped")
+            return done
+        start = time.time()
+        info = fn()
+        faults.maybe_fail("driver.before_commit", name, kill=True)
+        entry = self.manifest.commit(name, seconds=round(time.time() - start, 3), **info)
+        faults.maybe_fail("driver.after_commit", name, kill=True)
+        return entry
+
+    def prompts_stage(self) -> dict:
+        from mitune_ray.prompts import prepare_corpus
+        from mitune_ray.tokenizer import clip_tokenizer
+
+        p = self.cfg.prompts
+        if not p.train:
+            raise MituneError("prompts.train is empty; list prompt files (T2I-CompBench .txt, "
+                              ".jsonl, DiffusionDB .parquet), local or s3://")
+        tokenizer = clip_tokenizer()
+
+        def lengths(texts):
+            return [len(ids) for ids in tokenizer(texts, truncation=False).input_ids]
+
+        train = prepare_corpus(_materialize_sources(p.train, self.store, "prompts.train"),
+                               self.store.child("prompts/train"), settings=p,
+                               endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)
+        self.log(f"[prompts] train corpus: {train.summary()}")
+        info = {"train": dataclasses.asdict(train)}
+        if p.eval:
+            ev = prepare_corpus(_materialize_sources(p.eval, self.store, "prompts.eval"),
+                                self.store.child("prompts/eval"), settings=p, split_name="eval",
+                                endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)
+            self.log(f"[prompts] eval corpus: {ev.summary()}")
+            info["eval"] = dataclasses.asdict(ev)
+            info["excluded_eval_overlap"] = sorted(self._eval_overlap(train, ev))
+        return info
+
+    def _eval_overlap(self, train, ev) -> set[str]:
+        """Evaluation prompts are never tuned on, even if a training corpus also holds them."""
+        from mitune_ray.prompts import read_prompt_shard
+
+        eval_ids = {pid for s in ev.shards for pid, _, _ in read_prompt_shard(self.store.child("prompts/eval"), s)}
+        train_ids = {pid for s in train.shards for pid, _, split in
+                     read_prompt_shard(self.store.child("prompts/train"), s) if split == "train"}
+        return eval_ids & train_ids
+
+    def generate_stage(self, r: int, plan: RoundPlan) -> dict:
+        from mitune_ray.generate import ModelSpec, generate_round
+
+        prompts = self.manifest.stage("prompts")
+        excluded = frozenset(prompts.get("excluded_eval_overlap", []))
+        model = ModelSpec(self.cfg.model.path, self.family.name, self.cfg.model.dtype,
+                          self.cfg.model.resolution, tuple(plan.generate_adapters),
+                          self.cfg.storage.endpoint_url)
+        summary = generate_round(
+            model=model, gen=self.cfg.generate, mi=self.cfg.mi, round_index=r,
+            prompts=self.store.child("prompts/train"), shards=prompts["train"]["shards"],
+            out=self.store.child(round_dir(r)), exclude=excluded,
+            expected_prompts=prompts["train"]["train"] - len(excluded), log=self.log)
+        return {"prompts": summary.prompts + summary.skipped, "rows": summary.rows,
+                "candidates": summary.candidates, "mi_mean": summary.mi_mean,
+                "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
+                "actors": len(summary.actors), "adapters": plan.generate_adapters,
+                "selected": f"{round_dir(r)}/selected"}
+
+    def validation_prompts(self):
+        from mitune_ray.prompts import read_prompt_shard
+        from mitune_ray.sampling import Prompt
+
+        n = self.cfg.train.validation_prompts
+        out = []
+        for shard in self.manifest.stage("prompts")["train"]["shards"]:
+            for pid, text, split in read_prompt_shard(self.store.child("prompts/train"), shard):
+                if split == "val" and len(out) < n:
+                    out.append(Prompt(pid, text))
+        return out
+
+    def train_stage(self, r: int, plan: RoundPlan) -> dict:
+        from mitune_ray.train import train_adapter
+
+        selected = [f"{round_dir(i)}/{part}" for i in plan.selected_rounds
+                    for part in self.store.child(round_dir(i)).list("selected", suffix=".parquet")]
+        result = train_adapter(
+            self.cfg, model_path=self.cfg.model.path, selected=[self.store.child_uri(s) for s in selected],
+            out=self.store.child(round_dir(r)), run_name=f"train-{round_dir(r)}",
+            init_adapter=plan.init_adapter, base_adapters=plan.base_adapters,
+            validation_prompts=self.validation_prompts(), log=self.log)
+        info = json.loads(json.dumps(dataclasses.asdict(result), default=str))
+        return {"adapter": f"{round_dir(r)}/adapter", "result": info,
+                "trained_on_rounds": plan.selected_rounds, "init_adapter": plan.init_adapter,
+                "base_adapters": plan.base_adapters}
+
+    def evaluate_stage(self, r: int, plan: RoundPlan) -> dict:
+        from mitune_ray.evaluation import evaluate_round
+
+        return evaluate_round(self, r, plan)
+
+    # -- the recipe -----------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        self._stage("prompts", self.prompts_stage)
+        for r in range(1, self.cfg.run.rounds + 1):
+            plan = plan_round(self.cfg, r, self.adapter_uri)
+            self._stage(f"{round_dir(r)}/generate", lambda: self.generate_stage(r, plan))
+            self._stage(f"{round_dir(r)}/train", lambda: self.train_stage(r, plan))
+            if self.cfg.run.evaluate:
+                self._stage(f"{round_dir(r)}/evaluate", lambda: self.evaluate_stage(r, plan))
+        self.log(status_text(self.manifest.data, self.store.uri))
+        return self.manifest.data
+
+    def cleanup(self) -> None:
+        if self.manifest is not None:
+            self.manifest.release()
+
+
+def run(cfg: Config, *, log=print) -> dict:
+    """Run (or resume) a whole MI-TUNE run; returns the final manifest."""
+    recipe = Recipe(cfg, log=log)
+    try:
+        recipe.setup()
+        return recipe.run()
+    finally:
+        recipe.cleanup()
+
+
+def status_text(manifest: dict, uri: str) -> str:
+    """What each round and stage did, from the manifest."""
+    if not manifest:
+        return f"no run at {uri}"
+    lines = [f"run {uri} (code {manifest.get('code_version')}, config {manifest.get('fingerprint')})"]
+    lease = manifest.get("lease")
+    if lease:
+        lines.append(f"  held by {lease['host']} pid {lease['pid']}")
+    stages = manifest.get("stages", {})
+    for name, entry in stages.items():
+        secs = entry.get("seconds", 0.0)
+        if name == "prompts":
+            t = entry["train"]
+            detail = f"{t['kept']} prompts kept ({t['train']} train, {t['val']} val)"
+        elif name.endswith("/generate"):
+            detail = (f"{entry['rows']} selected rows from {entry['candidates']} new candidates, "
+                      f"MI {entry['mi_mean']:.4g}")
+        elif name.endswith("/train"):
+            res = entry.get("result", {})
+            detail = f"adapter {entry['adapter']}, {res.get('steps', '?')} steps"
+            if res.get("final_loss") is not None:
+                detail += f", loss {res.get('initial_loss', float('nan')):.4g} -> {res['final_loss']:.4g}"
+        else:
+            detail = ", ".join(f"{k}={v}" for k, v in entry.get("summary", {}).items())
+        lines.append(f"  {name:<20} {entry['status']:<10} {secs:8.1f}s  {detail}")
+    rounds = manifest.get("config", {}).get("run", {}).get("rounds")
+    done = sum(1 for n in stages if n.endswith("/train"))
+    lines.append(f"  {done}/{rounds} rounds trained")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Export a round's adapter from a run into a local folder that plain diffusers loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mitune_ray.errors import MituneError
+from mitune_ray.manifest import MANIFEST
+from mitune_ray.storage import Store
+
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+
+
+def export_round(run_uri: str, round_index: int, dest: str) -> Path:
+    """Copy round `round_index`'s adapter to `dest` after checking it belongs to the run's model.
+
+    Example:
+        >>> export_round("s3://bucket/runs/sd21", 3, "./adapter")  # doctest: +SKIP
+    """
+    from mitune_ray.adapters import check_adapter
+    from mitune_ray.families import FAMILIES
+
+    store = Store(run_uri)
+    if not store.exists(MANIFEST):
+        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
+    manifest = store.read_json(MANIFEST)
+    entry = manifest.get("stages", {}).get(f"round-{round_index:03d}/train")
+    if not entry or entry.get("status") != "committed":
+        trained = sorted(n.split("/")[0] for n in manifest.get("stages", {}) if n.endswith("/train"))
+        raise MituneError(f"round {round_index} of {run_uri} has no committed adapter (trained: "
+                          f"{', '.join(trained) or 'none'}); pick a trained round")
+    out = Path(dest)
+    if (out / ADAPTER_FILE).exists():
+        raise MituneError(f"{out / ADAPTER_FILE} already exists; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    store.download_dir(entry["adapter"], str(out))
+    config = manifest["config"]
+    check_adapter(str(out), FAMILIES[config["model"]["family"]], rank=config["train"]["rank"])
+    return out
