@@ -1,0 +1,397 @@
+"""`mitune report RUN_URI`: one static HTML page that shows what a run did.
+
+    <out>/index.html      the page: tables, inline SVG plots, a few lines of inline JS, no CDN
+    <out>/images/*.png    gallery and base-versus-tuned images, linked relatively
+
+The page reads only what the run wrote (manifest.json, each round's scores and gallery shards, the
+evaluation scores and images), renders whatever exists and says what is missing, so it works on a
+run in progress or one without evaluation. It needs no server: open it from disk or S3.
+
+Example:
+    $ mitune report s3://bucket/runs/sd21 --out /tmp/sd21-report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections import defaultdict
+
+import pyarrow.parquet as pq
+
+from mitune_ray.errors import MituneError
+from mitune_ray.manifest import LEASE_TTL_S, MANIFEST
+from mitune_ray.report_html import (
+    Html, esc, fmt, missing, page, signed, svg_histogram, svg_lines, table,
+)
+from mitune_ray.storage import Store
+
+BASE = "eval-base"  # the base model's evaluation folder (evaluation.BASE; not imported: torch)
+GALLERY_PROMPTS = 4  # per round: enough to see the spread of MI, short enough to scroll
+PAIR_PROMPTS = 8  # base-versus-tuned pairs shown
+_ROUND = re.compile(r"^round-(\d{3})/")
+
+
+def write_report(run_uri: str, out: str | None = None) -> str:
+    """Write `index.html` and its `images/` for the run at `run_uri`; return the page's URI.
+
+    Args:
+        run_uri: the run folder, local or s3://.
+        out: where to write the report (default `<run_uri>/report`), local or s3://.
+
+    Example:
+        >>> write_report("s3://bucket/runs/demo", "/tmp/demo-report")
+        '/tmp/demo-report/index.html'
+    """
+    run = Store(run_uri)
+    if not run.exists(MANIFEST):
+        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
+    manifest = run.read_json(MANIFEST)
+    dest = Store(out) if out else run.child("report")
+    p = _Page(run, manifest, dest)
+    body = "".join(section() for section in (
+        p.summary, p.stages, p.corpus, p.generation, p.training, p.evaluation, p.galleries,
+        p.pairs, p.config))
+    dest.write_bytes("index.html", page(f"MI-TUNE run {run.uri}", body).encode("utf-8"))
+    return dest.child_uri("index.html")
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a prompt id (ids are hex; anything else is hashed)."""
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+        return name
+    return "h" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
+
+
+def _scalars(entry: dict) -> dict:
+    """The scalar fields of a manifest entry (what fits in a table cell)."""
+    return {k: v for k, v in entry.items()
+            if isinstance(v, (int, float, str, bool)) and k not in ("status", "committed_at")}
+
+
+def _read(store: Store, paths: list[str], **kwargs):
+    return pq.read_table([store.path(p) for p in paths], filesystem=store.filesystem, **kwargs)
+
+
+class _Page:
+    """The sections of the page, each a method returning HTML, in reading order."""
+
+    def __init__(self, run: Store, manifest: dict, dest: Store):
+        self.run, self.m, self.dest = run, manifest, dest
+        self.cfg = manifest.get("config") or {}
+        self.st = manifest.get("stages") or {}
+        seen = {int(g.group(1)) for g in map(_ROUND.match, self.st) if g}
+        configured = int(self.cfg.get("run", {}).get("rounds") or 0)
+        self.rounds = list(range(1, max([configured, *seen]) + 1))
+        self.evaluates = bool(self.cfg.get("run", {}).get("evaluate")) or any(
+            n.endswith("/evaluate") for n in self.st)
+
+    def _entry(self, name: str) -> dict | None:
+        entry = self.st.get(name)
+        return entry if entry and entry.get("status") == "committed" else None
+
+    def _image(self, name: str, png: bytes, alt: str) -> Html:
+        rel = f"images/{name}.png"
+        self.dest.write_bytes(rel, png)
+        return Html(f'<img src="{rel}" alt="{esc(alt)}" width="160" height="160">')
+
+    # -- the run and its stages -----------------------------------------------------------------
+
+    def summary(self) -> str:
+        lease = self.m.get("lease")
+        trained = sum(1 for r in self.rounds if self._entry(f"round-{r:03d}/train"))
+        if lease and time.time() - lease.get("heartbeat", 0) < LEASE_TTL_S:
+            state = f"in progress (driver on {lease.get('host')}, pid {lease.get('pid')})"
+        elif all(self._entry(name) for name in self._expected()):
+            state = "complete"
+        else:
+            state = "incomplete (no driver running; rerun `mitune run` to resume)"
+        created = self.m.get("created")
+        model, gen = self.cfg.get("model", {}), self.cfg.get("generate", {})
+        rows = [("Run URI", self.run.uri), ("State", state),
+                ("Code version", self.m.get("code_version")),
+                ("Config fingerprint", self.m.get("fingerprint")),
+                ("Created", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(created))
+                 if isinstance(created, (int, float)) else created),
+                ("Model", model.get("path")), ("Family", model.get("family")),
+                ("Rounds", f"{trained} trained of {len(self.rounds)}"),
+                ("Candidates per prompt", gen.get("candidates")),
+                ("Kept per prompt", gen.get("keep"))]
+        return "<h1>MI-TUNE run report</h1>" + table(None, rows, cls="summary")
+
+    def _expected(self) -> list[str]:
+        """The stages a finished run of this config has committed, in the driver's order."""
+        names = ["prompts"] + (["eval-base/evaluate"] if self.evaluates else [])
+        for r in self.rounds:
+            names += [f"round-{r:03d}/{s}" for s in ("generate", "train")]
+            names += [f"round-{r:03d}/evaluate"] if self.evaluates else []
+        return names
+
+    def stages(self) -> str:
+        expected = self._expected()
+        names = expected + sorted(set(self.st) - set(expected))
+        rows = []
+        for name in names:
+            entry = self.st.get(name) or {}
+            status = entry.get("status", "not run")
+            rows.append([name, Html(f'<span class="status {esc(status.replace(" ", "-"))}">'
+                                    f"{esc(status)}</span>"), entry.get("seconds"),
+                         self._detail(name, entry)])
+        return "<h2>Stages</h2>" + table(["Stage", "Status", "Seconds", "Detail"], rows)
+
+    @staticmethod
+    def _detail(name: str, entry: dict) -> str:
+        if not entry:
+            return ""
+        if name == "prompts":
+            t = entry.get("train", {})
+            return f"{t.get('kept')} prompts kept ({t.get('train')} train, {t.get('val')} val)"
+        if name.endswith("/generate"):
+            return (f"{entry.get('rows')} selected of {entry.get('candidates')} candidates, "
+                    f"MI {fmt(entry.get('mi_mean'))} ± {fmt(entry.get('mi_std'))}")
+        if name.endswith("/train"):
+            return ", ".join(f"{k} {fmt(v)}" for k, v in _scalars(entry.get("result", {})).items())
+        summary = entry.get("summary")
+        if isinstance(summary, dict):
+            return f"{summary.get('images')} images of {summary.get('prompts')} prompts"
+        return ", ".join(f"{k} {fmt(v)}" for k, v in _scalars(entry).items() if k != "seconds")
+
+    def corpus(self) -> str:
+        entry = self._entry("prompts")
+        if not entry:
+            return "<h2>Prompts</h2>" + missing("the prompts stage has not been committed")
+        splits = {k: _scalars(v) for k, v in entry.items() if k in ("train", "eval")}
+        keys = list(dict.fromkeys(k for v in splits.values() for k in v))
+        rows = [[name, *(v.get(k) for k in keys)] for name, v in splits.items()]
+        return "<h2>Prompts</h2>" + table(["Corpus", *keys], rows)
+
+    # -- generation and training ----------------------------------------------------------------
+
+    def generation(self) -> str:
+        out, rows, means = ["<h2>Generation</h2>"], [], []
+        keys = ("prompts", "rows", "candidates", "mi_mean", "mi_std", "generate_seconds", "actors")
+        for r in self.rounds:
+            entry = self._entry(f"round-{r:03d}/generate")
+            if entry:
+                rows.append([f"round {r}", *(entry.get(k) for k in keys)])
+                if isinstance(entry.get("mi_mean"), (int, float)):
+                    means.append((r, float(entry["mi_mean"])))
+        out.append(table(["Round", *keys], rows) if rows else
+                   missing("no generation stage has been committed"))
+        if means:
+            out.append(svg_lines({"MI mean": means}, title="Candidate MI by round",
+                                 x_labels={r: f"round {r}" for r, _ in means}))
+        plots = []
+        for r in self.rounds:
+            parts = self.run.list(f"round-{r:03d}/scores", suffix=".parquet")
+            if not parts:
+                out.append(missing(f"round {r}: no MI scores (round-{r:03d}/scores/) yet"))
+                continue
+            t = _read(self.run, parts, columns=["mi", "selected"])
+            every, chosen, pruned = [], [], 0
+            for mis, sel in zip(t.column("mi").to_pylist(), t.column("selected").to_pylist()):
+                mis = [v if v is not None else math.nan for v in mis]
+                every += [v for v in mis if math.isfinite(v)]
+                pruned += sum(1 for v in mis if not math.isfinite(v))
+                chosen += [mis[i] for i in sel or [] if i < len(mis) and math.isfinite(mis[i])]
+            note = f" ({pruned} pruned)" if pruned else ""
+            plots.append(svg_histogram(every, chosen, title=f"Round {r}: MI of {len(every)} "
+                                       f"candidates{note}, {len(chosen)} selected"))
+        out.append(f'<div class="plots">{"".join(plots)}</div>')
+        return "".join(out)
+
+    def training(self) -> str:
+        rows, curves = {}, {}
+        for r in self.rounds:
+            entry = self._entry(f"round-{r:03d}/train")
+            if entry:
+                result = entry.get("result") or {}
+                rows[r] = {"adapter": entry.get("adapter"), **_scalars(result)}
+                losses = result.get("losses")
+                if isinstance(losses, list) and losses and all(isinstance(v, (int, float))
+                                                               for v in losses):
+                    curves[f"round {r}"] = [(i + 1, float(v)) for i, v in enumerate(losses)]
+        if not rows:
+            return "<h2>Training</h2>" + missing("no training stage has been committed")
+        keys = list(dict.fromkeys(k for v in rows.values() for k in v))
+        html = table(["Round", *keys],
+                     [[f"round {r}", *(v.get(k) for k in keys)] for r, v in rows.items()])
+        if curves:
+            html += svg_lines(curves, title="Training loss by logged step")
+        return "<h2>Training</h2>" + html
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def _evaluated(self) -> dict[str, dict]:
+        """Version folder -> its evaluation summary (base first, then rounds in order)."""
+        out = {}
+        for name in [BASE] + [f"round-{r:03d}" for r in self.rounds]:
+            entry = self._entry(f"{name}/evaluate")
+            if entry and isinstance(entry.get("summary"), dict):
+                out[name] = entry
+        return out
+
+    def evaluation(self) -> str:
+        done = self._evaluated()
+        if not done:
+            why = ("no evaluation stage has been committed yet" if self.evaluates
+                   else "the run does not evaluate (run.evaluate=false)")
+            return "<h2>Evaluation</h2>" + missing(f"{why}; `mitune eval RUN_URI` evaluates it")
+        out = ["<h2>Evaluation</h2>"]
+        if BASE not in done:
+            out.append(missing("the base model's evaluation (eval-base) is missing: no deltas"))
+        metrics = list(dict.fromkeys(k for e in done.values() for k in _means(e, None)))
+        cats = sorted({c for e in done.values() for c in e["summary"].get("by_category", {})})
+        groups = [None] + (cats if len(cats) > 1 else [])  # None: all prompts
+        for cat in groups:
+            out.append("" if cat is None else f"<h3>Category {esc(cat)}</h3>")
+            out.append(self._metric_table(done, metrics, cat))
+        xs = {name: (0 if name == BASE else int(name[-3:])) for name in done}
+        plots = [svg_lines({cat or "all": [(xs[n], _means(e, cat)[metric]) for n, e in done.items()
+                                           if metric in _means(e, cat)] for cat in groups},
+                           title=f"{metric} by round", x_labels={xs[n]: _label(n) for n in done})
+                 for metric in metrics]
+        out.append(f'<div class="plots">{"".join(plots)}</div>')
+        return "".join(out)
+
+    @staticmethod
+    def _metric_table(done: dict, metrics: list[str], cat: str | None) -> str:
+        """One row per evaluated version; rounds show their change from the base model."""
+        ref = _means(done[BASE], cat) if BASE in done else {}
+        rows = []
+        for name, entry in done.items():
+            cells = []
+            for metric in metrics:
+                value, base = _means(entry, cat).get(metric), ref.get(metric)
+                cell = esc(fmt(value))
+                if name != BASE and isinstance(value, (int, float)) and isinstance(base, (int, float)):
+                    delta = value - base
+                    cls = "up" if delta > 0 else "down" if delta < 0 else ""
+                    cell += f' <span class="delta {cls}">({esc(signed(delta))})</span>'
+                cells.append(Html(cell))
+            summary = entry["summary"]
+            counts = [summary.get("prompts"), summary.get("images")] if cat is None else []
+            rows.append([_label(name), *counts, *cells])
+        header = ["Model", *(["Prompts", "Images"] if cat is None else []), *metrics]
+        return table(header, rows, cls="metrics")
+
+    # -- images ---------------------------------------------------------------------------------
+
+    def galleries(self) -> str:
+        out = ["<h2>Candidates by MI</h2>"]
+        for r in self.rounds:
+            parts = self.run.list(f"round-{r:03d}/gallery", suffix=".parquet")
+            if not parts:
+                out.append(missing(f"round {r}: no gallery (round-{r:03d}/gallery/)"))
+                continue
+            ids = sorted(set(_read(self.run, parts, columns=["prompt_id"]).column("prompt_id")
+                             .to_pylist()))[:GALLERY_PROMPTS]
+            if not ids:
+                out.append(missing(f"round {r}: the gallery shards hold no rows"))
+                continue
+            by_prompt = defaultdict(list)
+            for row in _read(self.run, parts, filters=[("prompt_id", "in", ids)]).to_pylist():
+                by_prompt[row["prompt_id"]].append(row)
+            out.append(f"<h3>Round {r}</h3>")
+            for pid in ids:
+                rows = sorted(by_prompt[pid], key=lambda x: (-_num(x["mi"]), x["candidate"]))
+                figs = [self._figure(f"r{r:03d}-{_safe(pid)}-c{x['candidate']:03d}", x["png"],
+                                     f"candidate {x['candidate']}",
+                                     f"#{x['candidate']} MI {fmt(x['mi'])}"
+                                     + (" ✓ selected" if x["selected"] else ""),
+                                     "selected" if x["selected"] else "")
+                        for x in rows]
+                out.append(f'<p class="prompt">{esc(rows[0]["prompt"])}</p>'
+                           f'<div class="strip">{"".join(figs)}</div>')
+        return "".join(out)
+
+    def _figure(self, name: str, png: bytes, alt: str, caption: str, cls: str = "") -> str:
+        return (f'<figure class="{cls}">{self._image(name, png, alt)}'
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    def pairs(self) -> str:
+        head = "<h2>Base versus tuned</h2>"
+        versions = [n for n in [BASE] + [f"round-{r:03d}" for r in self.rounds]
+                    if self.run.exists(f"{n}/eval/scores.parquet")]
+        if BASE not in versions or len(versions) < 2:
+            found = ", ".join(versions) or "none"
+            return head + missing("pairs need the evaluation scores (<version>/eval/scores.parquet) "
+                                  f"of eval-base and of a tuned round; found: {found}")
+        tuned = versions[-1]
+        scores = {v: _read(self.run, [f"{v}/eval/scores.parquet"]).to_pylist() for v in (BASE, tuned)}
+        rows = {v: {(x["prompt_id"], x["candidate"]): x for x in scores[v]} for v in scores}
+        common = sorted(set(rows[BASE]) & set(rows[tuned]))
+        first: dict[str, int] = {}
+        for pid, cand in common:
+            first.setdefault(pid, cand)
+        chosen = _spread(first, {pid: rows[BASE][(pid, c)].get("category") or ""
+                                 for pid, c in first.items()})
+        if not chosen:
+            return head + missing(f"eval-base and {tuned} share no evaluation image")
+        pngs = {v: self._eval_pngs(v, chosen) for v in (BASE, tuned)}
+        out = [head, f"<p>Same prompt, candidate and seed: the base model versus {_label(tuned)}, "
+                     f"the last evaluated round.</p>"]
+        for pid in chosen:
+            key = (pid, first[pid])
+            if key not in pngs[BASE] or key not in pngs[tuned]:
+                out.append(missing(f"prompt {pid}: an evaluation image is missing"))
+                continue
+            figs = [self._figure(f"{v}-{_safe(pid)}-c{key[1]:03d}", pngs[v][key],
+                                 f"{_label(v)} candidate {key[1]}",
+                                 f"{_label(v)}: " + _metric_caption(rows[v][key]))
+                    for v in (BASE, tuned)]
+            cat = rows[BASE][key].get("category")
+            out.append(f'<div class="pair"><p class="prompt">{esc(rows[BASE][key].get("prompt", ""))}'
+                       f'{f" <small>({esc(cat)})</small>" if cat else ""}</p>'
+                       f'<div class="strip">{"".join(figs)}</div></div>')
+        return "".join(out)
+
+    def _eval_pngs(self, version: str, ids: list[str]) -> dict[tuple[str, int], bytes]:
+        parts = self.run.list(f"{version}/eval/selected", suffix=".parquet")
+        if not parts or not ids:
+            return {}
+        t = _read(self.run, parts, columns=["prompt_id", "candidate", "png"],
+                  filters=[("prompt_id", "in", ids)])
+        columns = (t.column(k).to_pylist() for k in ("prompt_id", "candidate", "png"))
+        return {(p, c): b for p, c, b in zip(*columns)}
+
+    def config(self) -> str:
+        text = json.dumps(self.cfg, indent=2, sort_keys=True, default=str)
+        return f"<details><summary>Resolved config</summary><pre>{esc(text)}</pre></details>"
+
+
+def _means(entry: dict, cat: str | None) -> dict:
+    """An evaluation entry's metric means: over all prompts (cat None) or one category's."""
+    summary = entry["summary"]
+    return summary.get("metrics", {}) if cat is None else summary.get("by_category", {}).get(cat, {})
+
+
+def _label(version: str) -> str:
+    """'eval-base' -> 'base', 'round-002' -> 'round 2'."""
+    return "base" if version == BASE else f"round {int(version[-3:])}"
+
+
+def _num(v) -> float:
+    return v if isinstance(v, (int, float)) and not math.isnan(v) else -math.inf
+
+
+def _spread(first: dict[str, int], category: dict[str, str]) -> list[str]:
+    """Up to PAIR_PROMPTS prompt ids, taken in turn from each category (ids in sorted order)."""
+    queues = defaultdict(list)
+    for pid in sorted(first):
+        queues[category[pid]].append(pid)
+    out: list[str] = []
+    while len(out) < PAIR_PROMPTS and any(queues.values()):
+        for cat in sorted(queues):
+            if queues[cat] and len(out) < PAIR_PROMPTS:
+                out.append(queues[cat].pop(0))
+    return out
+
+
+def _metric_caption(row: dict) -> str:
+    skip = {"prompt_id", "prompt", "candidate", "seed", "category", "round", "rank", "family"}
+    return ", ".join(f"{k} {fmt(v)}" for k, v in row.items()
+                     if k not in skip and isinstance(v, (int, float)))
