@@ -49,12 +49,14 @@ def make_run(root, *, evaluate=True) -> Store:
                     "train": {"read": 7, "empty": 1, "duplicate": 1, "kept": 5, "train": 4, "val": 1,
                               "shards": ["shard-00000.parquet"]}},
         "round-001/generate": {"status": "committed", "seconds": 20.0, "prompts": 3, "rows": 3,
-                               "candidates": 12, "mi_mean": 3.25, "mi_std": 1.5, "generate_seconds": 19.0, "actors": 2},
+                               "candidates": 12, "mi_mean": 3.25, "mi_std": 1.5,
+                               "generate_seconds": 19.0, "actors": 2},
         "round-001/train": {"status": "committed", "seconds": 30.0, "adapter": "round-001/adapter",
                             "result": {"steps": 40, "initial_loss": 0.25, "final_loss": 0.125,
                                        "losses": [0.25, 0.2, 0.15, 0.125], "extra": {"nested": 1}}},
         "round-002/generate": {"status": "committed", "seconds": 21.0, "prompts": 3, "rows": 3,
-                               "candidates": 12, "mi_mean": 4.0, "mi_std": 1.0, "generate_seconds": 20.0, "actors": 2},
+                               "candidates": 12, "mi_mean": 4.0, "mi_std": 1.0,
+                               "generate_seconds": 20.0, "actors": 2},
     }
     if evaluate:
         stages["eval-base/evaluate"] = {"status": "committed", "seconds": 5.0, "summary": base}
