@@ -88,6 +88,7 @@ class GenerateSection(Section):
     gpus_per_actor: float | None = Field(None, ge=0.0)  # None: 1 if the cluster has GPUs, else 0
     cpus_per_actor: float = Field(1.0, gt=0.0)  # fractional on small CPU clusters (reads need CPU)
     seed: int = 0  # base of every candidate's seed
+    gallery_prompts: int = Field(4, ge=0)  # prompts whose every candidate is kept for reports
     prune: PruneSection = Field(default_factory=PruneSection)
 
     @model_validator(mode="after")
@@ -123,7 +124,9 @@ class TrainSection(Section):
 
 
 class EvalSection(Section):
-    metrics: list[Literal["mi", "blip_vqa", "clip_score", "hps"]] = Field(
+    # mi: the model's own MI; shapes: the exact ShapesWorld checker (bundled model only);
+    # blip_vqa / clip_score / hps: T2I-CompBench's BLIP-VQA, CLIPScore, HPS v2 (local weights).
+    metrics: list[Literal["mi", "shapes", "blip_vqa", "clip_score", "hps"]] = Field(
         default_factory=lambda: ["mi"]
     )
     candidates: int = Field(2, ge=1)  # images per evaluation prompt and round
@@ -132,6 +135,17 @@ class EvalSection(Section):
     clip_path: str | None = None  # transformers CLIP folder (CLIPScore)
     hps_path: str | None = None  # CLIP folder converted from the HPS v2 checkpoint
     actors: int = Field(1, ge=1)
+    gpus_per_actor: float | None = Field(None, ge=0.0)  # None: 1 if the cluster has GPUs
+
+    @model_validator(mode="after")
+    def _weights_for_metrics(self):
+        need = {"blip_vqa": self.blip_path, "clip_score": self.clip_path, "hps": self.hps_path}
+        for metric, path in need.items():
+            if metric in self.metrics and not path:
+                key = {"blip_vqa": "blip_path", "clip_score": "clip_path", "hps": "hps_path"}[metric]
+                raise ValueError(f"eval.metrics has {metric} but eval.{key} is not set; point it "
+                                 "at a local weights folder (see the README's evaluation section)")
+        return self
 
 
 class StorageSection(Section):
@@ -165,9 +179,12 @@ class Config(Section):
     def fingerprint(self, sections: tuple[str, ...] | None = None) -> str:
         """A hash of the settings that determine a run's results (not where it runs)."""
         data = self.to_dict()
-        keep = sections or ("model", "prompts", "generate", "mi", "train", "eval")
+        # Evaluation settings are left out: they never change what a round trains, so a run can
+        # be evaluated later with other metrics without being refused as a different run.
+        keep = sections or ("model", "prompts", "generate", "mi", "train")
         data = {k: data[k] for k in keep}
-        data["run"] = {k: v for k, v in self.run.model_dump().items() if k != "allow_config_change"}
+        data["run"] = {k: v for k, v in self.run.model_dump().items()
+                       if k not in ("allow_config_change", "evaluate", "uri")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -189,13 +189,24 @@ class Recipe:
         summary = generate_round(
             model=model, gen=self.cfg.generate, mi=self.cfg.mi, round_index=r,
             prompts=self.store.child("prompts/train"), shards=prompts["train"]["shards"],
-            out=self.store.child(round_dir(r)), exclude=excluded,
+            out=self.store.child(round_dir(r)), exclude=excluded, gallery=self.gallery_ids(excluded),
             expected_prompts=prompts["train"]["train"] - len(excluded), log=self.log)
         return {"prompts": summary.prompts + summary.skipped, "rows": summary.rows,
                 "candidates": summary.candidates, "mi_mean": summary.mi_mean,
                 "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
                 "actors": len(summary.actors), "adapters": plan.generate_adapters,
                 "selected": f"{round_dir(r)}/selected"}
+
+    def gallery_ids(self, excluded: frozenset[str]) -> frozenset[str]:
+        """The first few training prompts: every candidate of theirs is kept for the report."""
+        from mitune_ray.prompts import read_prompt_shard
+
+        n, out = self.cfg.generate.gallery_prompts, []
+        for shard in self.manifest.stage("prompts")["train"]["shards"]:
+            for pid, _, split in read_prompt_shard(self.store.child("prompts/train"), shard):
+                if split == "train" and pid not in excluded and len(out) < n:
+                    out.append(pid)
+        return frozenset(out)
 
     def validation_prompts(self):
         from mitune_ray.prompts import read_prompt_shard

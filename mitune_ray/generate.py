@@ -29,7 +29,7 @@ from mitune_ray import faults
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
 from mitune_ray.records import (
-    pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
+    gallery_table, pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
 )
 from mitune_ray.sampling import Prompt
 from mitune_ray.storage import Store
@@ -118,7 +118,7 @@ class GenerateUDF:
     """Ray Data actor: one pipeline, many batches of prompts."""
 
     def __init__(self, model: ModelSpec, gen: GenerateSection, mi: MISection, round_index: int,
-                 out: Store):
+                 out: Store, gallery: frozenset[str] = frozenset(), with_tensors: bool = True):
         from mitune_ray.sampling import CandidateSampler
 
         pipe, fam, device, dtype = load_model(model)
@@ -126,6 +126,7 @@ class GenerateUDF:
         self.sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype,
                                         resolution=model.resolution)
         self.round_index, self.out = round_index, out
+        self.gallery, self.with_tensors = gallery, with_tensors
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
         self.batches = 0
 
@@ -133,8 +134,8 @@ class GenerateUDF:
         start = time.perf_counter()
         prompts = [Prompt(pid, text) for pid, text in
                    zip(batch.column("prompt_id").to_pylist(), batch.column("prompt").to_pylist())]
-        results = self.sampler.generate(prompts, self.round_index)
-        selected, scores = [], []
+        results = self.sampler.generate(prompts, self.round_index, gallery=self.gallery)
+        selected, scores, gallery = [], [], []
         for res in results:
             pid = res.prompt.prompt_id
             scores.append({"prompt_id": pid, "round": self.round_index, "mi": res.mi,
@@ -144,12 +145,21 @@ class GenerateUDF:
                     "prompt_id": pid, "prompt": res.prompt.text, "round": self.round_index,
                     "candidate": s.index, "seed": s.seed, "rank": s.rank, "mi": s.mi,
                     "mi_stderr": s.mi_stderr, "family": self.family,
-                    "tensors": pack_tensors(s.latent, s.embeds, s.pooled),
+                    "tensors": (pack_tensors(s.latent, s.embeds, s.pooled)
+                                if self.with_tensors else None),
                     "png": png_bytes(s.image) if s.image is not None else None,
                 })
+            chosen = {s.index for s in res.selected}
+            for index, image in res.gallery:
+                gallery.append({"prompt_id": pid, "prompt": res.prompt.text,
+                                "round": self.round_index, "candidate": index,
+                                "mi": res.mi[index], "selected": index in chosen,
+                                "png": png_bytes(image)})
         self.batches += 1
         maybe_fail("generate.batch", self.batches)
         name = shard_name([p.prompt_id for p in prompts])
+        if gallery:
+            self.out.write_bytes(f"gallery/{name}", to_parquet_bytes(gallery_table(gallery)))
         self.out.write_bytes(f"scores/{name}", to_parquet_bytes(scores_table(scores)))
         self.out.write_bytes(f"selected/{name}", to_parquet_bytes(selected_table(selected)))
         seconds = time.perf_counter() - start
@@ -187,7 +197,8 @@ def _keep_todo(batch: pa.Table, split: str, done: frozenset[str]) -> pa.Table:
 def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, round_index: int,
                    prompts: Store, shards: list[str], out: Store, split: str = "train",
                    gpus_per_actor: float | None = None, expected_prompts: int | None = None,
-                   exclude: frozenset[str] = frozenset(), log=print) -> GenerationSummary:
+                   exclude: frozenset[str] = frozenset(), gallery: frozenset[str] = frozenset(),
+                   with_tensors: bool = True, log=print) -> GenerationSummary:
     """Run (or resume) one round's generation over the prompt `shards` (paths under `prompts`),
     skipping prompts already done and those in `exclude` (evaluation prompts).
 
@@ -226,7 +237,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         ds = ds.repartition(max(1, min(want, -(-todo // gen.prompts_per_batch))))
     ds = ds.map_batches(
         GenerateUDF, fn_constructor_kwargs={"model": model, "gen": gen, "mi": mi,
-                                            "round_index": round_index, "out": out},
+                                            "round_index": round_index, "out": out,
+                                            "gallery": gallery, "with_tensors": with_tensors},
         batch_size=gen.prompts_per_batch, batch_format="pyarrow",
         # One batch in flight per actor: batches take seconds to minutes each, and queueing several
         # on the first actor to start would leave the others idle on small corpora.

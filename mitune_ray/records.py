@@ -43,6 +43,16 @@ SCORES_SCHEMA = pa.schema([
     ("selected", pa.list_(pa.int32())),
 ])
 
+GALLERY_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("round", pa.int32()),
+    ("candidate", pa.int32()),
+    ("mi", pa.float64()),
+    ("selected", pa.bool_()),
+    ("png", pa.binary()),
+])
+
 TENSOR_KEYS = ("latent", "embeds", "pooled")
 
 
@@ -81,6 +91,10 @@ def selected_table(rows: list[dict]) -> pa.Table:
 
 def scores_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCORES_SCHEMA)
+
+
+def gallery_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=GALLERY_SCHEMA)
 
 
 def finite_or_nan(value: float) -> float:

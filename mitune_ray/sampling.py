@@ -65,6 +65,8 @@ class PromptCandidates:
     mi: list[float]  # every candidate's MI by index (NaN where pruned early)
     mi_stderr: list[float]
     selected: list[Selected] = field(default_factory=list)
+    gallery: list[tuple[int, object]] = field(default_factory=list)  # (index, image) of every
+    # finished candidate, for prompts sampled into the report's gallery
 
 
 class CandidateSampler:
@@ -201,8 +203,12 @@ class CandidateSampler:
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], round_index: int, *, decode: bool = True,
-                 candidates: list[int] | None = None) -> list[PromptCandidates]:
-        """Sample `generate.candidates` per prompt (or only the given indices), score, keep top-k."""
+                 candidates: list[int] | None = None,
+                 gallery: frozenset[str] = frozenset()) -> list[PromptCandidates]:
+        """Sample `generate.candidates` per prompt (or only the given indices), score, keep top-k.
+
+        Prompts whose id is in `gallery` also get every finished candidate decoded (for reports).
+        """
         indices = list(range(self.gen.candidates)) if candidates is None else list(candidates)
         cond = encode_prompts(self.pipe, self.fam, [p.text for p in prompts], self.device)
         n = len(indices)
@@ -224,7 +230,13 @@ class CandidateSampler:
                 finals[(p, col)] = latents[j]
         if self.mi_cfg.estimator == "renoise":
             self._renoise(prompts, cond, round_index, finals, mi, se)
-        return self._select(prompts, round_index, indices, cond, finals, mi, se, decode)
+        results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode)
+        for p, res in enumerate(results):
+            if res.prompt.prompt_id in gallery:
+                cols = sorted(c for q, c in finals if q == p)
+                images = to_uint8(decode_latents(self.pipe, torch.stack([finals[(p, c)] for c in cols])))
+                res.gallery = [(indices[c], img) for c, img in zip(cols, images)]
+        return results
 
     def _renoise(self, prompts, cond, round_index, finals, mi, se) -> None:
         for p, prompt in enumerate(prompts):
