@@ -1,0 +1,71 @@
+"""Typed config: YAML + overrides, one-line errors naming the key and the source."""
+
+import pytest
+
+from mitune_ray.config import Config, load_config, parse_override
+from mitune_ray.errors import MituneError
+
+
+def test_defaults_are_the_reference_settings():
+    cfg = Config()
+    assert (cfg.generate.candidates, cfg.generate.keep, cfg.generate.steps) == (50, 1, 100)
+    assert cfg.generate.guidance == 7.5 and cfg.mi.t_min == 50 and cfg.mi.sigma_min == 0.05
+    assert cfg.train.rank == 32 and cfg.train.zero_stage == 2 and cfg.run.chaining == "fresh"
+
+
+def test_yaml_and_overrides_combine(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("generate:\n  candidates: 16\nrun:\n  rounds: 2\n")
+    cfg = load_config(path, ["generate.keep=4", "mi.kappa=reference", "prompts.train=[a.txt, b.txt]"])
+    assert (cfg.generate.candidates, cfg.generate.keep, cfg.run.rounds) == (16, 4, 2)
+    assert cfg.mi.kappa == "reference" and cfg.prompts.train == ["a.txt", "b.txt"]
+    assert parse_override("generate.steps=20") == ("generate.steps", 20)
+    assert load_config(None, ["train.lr=1e-5"]).train.lr == 1e-5  # YAML 1.1 reads it as text
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("generate.candidats=3", "unknown config key 'generate.candidats'"),
+    ("generate.candidates=0", "config key 'generate.candidates' = 0"),
+    ("generate.keep=0", "config key 'generate.keep' = 0"),
+    ("generate.steps=0", "config key 'generate.steps' = 0"),
+    ("train.lr=fast", "config key 'train.lr' = \"fast\""),
+    ("model.family=sd4", "config key 'model.family' = \"sd4\""),
+    ("run.rounds=-1", "config key 'run.rounds' = -1"),
+    ("eval.metrics=[blip_vqa]", "eval.blip_path is not set"),
+])
+def test_bad_values_are_one_line_errors_naming_key_and_source(override, expected):
+    with pytest.raises(MituneError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert f"override '{override}'" in message
+
+
+def test_keep_larger_than_candidates_is_refused_whatever_the_order():
+    with pytest.raises(MituneError, match="generate.keep=9 exceeds generate.candidates=3"):
+        load_config(None, ["generate.keep=9", "generate.candidates=3"])
+    assert load_config(None, ["generate.keep=60", "generate.candidates=100"]).generate.keep == 60
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(MituneError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generate: [unclosed\n")
+    with pytest.raises(MituneError, match="not valid YAML at line"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("generat:\n  candidates: 3\n")
+    with pytest.raises(MituneError, match=f"unknown config key 'generat' \\(from {typo}\\)"):
+        load_config(typo)
+    wrong = tmp_path / "list.yaml"
+    wrong.write_text("- 1\n- 2\n")
+    with pytest.raises(MituneError, match="must hold a mapping"):
+        load_config(wrong)
+
+
+def test_fingerprint_tracks_results_not_location_or_evaluation():
+    a = load_config(None, ["run.uri=/tmp/a"])
+    b = load_config(None, ["run.uri=s3://b/c", "eval.candidates=5", "run.evaluate=true"])
+    c = load_config(None, ["generate.candidates=8"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
