@@ -1,0 +1,295 @@
+"""The Ray Train + DeepSpeed stage: fine-tune a DoRA adapter on one round's selected set.
+
+    from mitune_ray.train import train_adapter
+    result = train_adapter(cfg, model_path="tiny:sd", selected=[".../part-ab12.parquet"],
+                           out=Store("runs/demo/round-1"), run_name="round-1-train")
+
+What lands in the round folder `out` (local or s3://):
+
+    adapter/pytorch_lora_weights.safetensors  the exported adapter, diffusers' LoRA format
+    adapter/train_result.json                 the TrainResult, written last: "training is done"
+    train/inputs.json                         what this training was asked to do
+    train/adapters/step-NNNNNN/               the adapter of every checkpoint (the export's pool)
+    <run_name>/                               Ray Train's run: per-rank DeepSpeed checkpoints
+
+Restarts: a failed worker group restarts from its latest checkpoint (`train.max_failures`
+times), and calling `train_adapter` again with the same `out` and `run_name` resumes the run from
+there (Ray Train V2 keeps a run's checkpoints under storage_path/name). A call whose
+`adapter/train_result.json` exists returns that result without starting Ray; one whose inputs
+differ from `train/inputs.json` is refused instead of mixing two trainings.
+
+Which checkpoint is exported: the one with the highest mean validation MI on the held-out
+training-split prompts (MI-TUNE's own alignment measure; the later one on ties), or the last one
+when no validation prompts are given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from mitune_ray.adapters import ADAPTER_FILE, check_adapter, meta_denoiser
+from mitune_ray.config import Config
+from mitune_ray.errors import MituneError
+from mitune_ray.families import resolve_family
+from mitune_ray.models import resolve_model_path
+from mitune_ray.sampling import Prompt
+from mitune_ray.storage import Store, is_s3
+from mitune_ray.training.data import (
+    check_fits_model, fixed_batch, make_dataset, model_shapes, open_selected,
+)
+from mitune_ray.training.engine import resolve_schedule
+from mitune_ray.training.loop import LoopSpec, step_dir, train_loop
+
+ADAPTER_REL = f"adapter/{ADAPTER_FILE}"
+RESULT_REL = "adapter/train_result.json"
+INPUTS_REL = "train/inputs.json"
+ADAPTERS_REL = "train/adapters"
+CHECKPOINTS_KEPT = 2  # DeepSpeed states kept in storage: the latest, and one in case it is bad
+TEST_HOOKS_ENV = "MITUNE_TRAIN_TEST_HOOKS"  # JSON: fail_once_at_step, fail_marker, deepspeed
+EXECUTION_ONLY = ("max_failures",)  # train.* keys a resumed run may change
+
+
+@dataclass(frozen=True)
+class CheckpointScore:
+    step: int
+    loss: float  # on the fixed training batch, with fixed noise and timesteps
+    validation_mi: float | None  # mean trajectory MI of the validation prompts' candidates
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training produced; stored as `adapter/train_result.json`."""
+
+    adapter: str  # relative to `out`
+    steps: int  # optimizer steps done
+    initial_loss: float  # fixed-batch loss before the first step
+    final_loss: float  # fixed-batch loss after the last step
+    checkpoints: tuple[CheckpointScore, ...]
+    exported_step: int
+    export_reason: str
+    samples_per_s: float  # training throughput of the last attempt, all workers
+    resumed_from: int  # optimizer step the last attempt started from (0: from scratch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainResult:
+        fields = dict(data)
+        fields["checkpoints"] = tuple(CheckpointScore(**c) for c in data["checkpoints"])
+        return cls(**fields)
+
+
+def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out: Store,
+                  run_name: str, init_adapter: str | None = None, base_adapters: Sequence[str] = (),
+                  validation_prompts: Sequence[Prompt] = (), log: Callable[[str], None] = print
+                  ) -> TrainResult:
+    """Fine-tune a DoRA adapter of `model_path` on the selected-set shards, on Ray Train.
+
+    Args:
+        cfg: the run's config (`train.*`; `generate.*` and `mi.*` for validation sampling).
+        model_path: `model.path` form: a diffusers folder, s3:// folder, `tiny:<family>`, ...
+        selected: the selected set, as shard URIs (local paths or `s3://bucket/key`, one store).
+        out: the round's folder; see the module docstring for what is written there.
+        run_name: Ray Train's run name, the same for every attempt at this round's training.
+        init_adapter: an adapter folder to continue training (`run.chaining=continue`).
+        base_adapters: adapter folders fused into the base model, in order, before the new
+            adapter is added (`run.merge_previous`).
+        validation_prompts: held-out prompts of the training split (never evaluation prompts),
+            the first `train.validation_prompts` of which score every checkpoint.
+        log: the driver's progress lines. Per-step lines (loss, learning rate, samples/s) are
+            printed by rank 0 and reach the driver's console through Ray's log forwarding.
+
+    Example:
+        >>> res = train_adapter(cfg, model_path="tiny:sd", selected=shards, out=Store("/r/1"),
+        ...                     run_name="round-1-train")  # doctest: +SKIP
+        >>> res.adapter, res.steps
+        ('adapter/pytorch_lora_weights.safetensors', 300)
+    """
+    train = cfg.train
+    prompts = tuple(validation_prompts)[: train.validation_prompts]
+    inputs = {
+        "run_name": run_name, "model_path": model_path, "family": cfg.model.family,
+        "resolution": cfg.model.resolution, "selected": sorted(selected),
+        "init_adapter": init_adapter, "base_adapters": list(base_adapters),
+        "train": {k: v for k, v in train.model_dump(mode="json").items() if k not in EXECUTION_ONLY},
+        "validation_prompts": [p.prompt_id for p in prompts],
+        "validation_sampling": {"generate": cfg.generate.model_dump(mode="json"),
+                                "mi": cfg.mi.model_dump(mode="json")} if prompts else None,
+    }
+    stored = _stored_inputs(out, inputs)
+    if stored is not None and out.exists(RESULT_REL):
+        result = TrainResult.from_dict(out.read_json(RESULT_REL))
+        log(f"training {out.child_uri(run_name)} already finished; its adapter is "
+            f"{out.child_uri(result.adapter)}")
+        return result
+
+    folder = resolve_model_path(model_path, endpoint_url=cfg.storage.endpoint_url)
+    fam = resolve_family(cfg.model.family, folder)
+    schedule = resolve_schedule(train, fam)
+    # Everything that can be wrong with the inputs, before a worker starts.
+    sel = open_selected(list(selected), fam, endpoint_url=cfg.storage.endpoint_url,
+                        region=cfg.storage.region)
+    shapes = model_shapes(folder, fam, cfg.model.resolution)
+    check_fits_model(sel, shapes, fam, model_path, cfg.model.resolution)
+    _check_adapters(cfg, fam, folder, init_adapter, base_adapters)
+    if sel.rows < train.workers * train.batch_size:
+        raise MituneError(f"the selected set has {sel.rows} rows, fewer than train.workers x "
+                          f"train.batch_size = {train.workers * train.batch_size}: no worker "
+                          "would get a full batch; lower train.batch_size or generate more")
+    if stored is None:
+        out.write_json(INPUTS_REL, inputs)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address,
+                 num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None)
+    use_gpu = train.use_gpu if train.use_gpu is not None else (
+        ray.cluster_resources().get("GPU", 0) > 0)
+    _warn_if_no_cpu_for_reads(train, log)
+    hooks = json.loads(os.environ.get(TEST_HOOKS_ENV, "{}"))
+    spec = LoopSpec(
+        model_path=model_path, family=fam.name, resolution=cfg.model.resolution,
+        endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region, train=train,
+        schedule=schedule, generate=cfg.generate, mi=cfg.mi, use_gpu=use_gpu,
+        vae_factor=shapes.vae_factor, out=out, adapters_rel=ADAPTERS_REL,
+        fixed_batch=fixed_batch(sel, train.batch_size), init_adapter=init_adapter,
+        base_adapters=tuple(base_adapters), validation_prompts=prompts,
+        deepspeed_extra=hooks.get("deepspeed", {}), fail_once_at_step=hooks.get("fail_once_at_step"),
+        fail_marker=hooks.get("fail_marker"))
+    log(f"training a rank-{train.rank} DoRA adapter of {model_path} on {sel.rows} rows: "
+        f"{schedule.steps} steps of {train.workers} x {train.batch_size} x {schedule.grad_accum} "
+        f"samples, lr {schedule.lr:g}, ZeRO-{train.zero_stage}, {'GPU' if use_gpu else 'CPU'}")
+    summary = _fit(spec, make_dataset(sel), run_name, out, use_gpu)
+    return _finish(out, summary, log)
+
+
+def _stored_inputs(out: Store, inputs: dict) -> dict | None:
+    """The stored inputs of an earlier attempt (None: first attempt); refuses different ones."""
+    if not out.exists(INPUTS_REL):
+        return None
+    stored = out.read_json(INPUTS_REL)
+    if stored != inputs:
+        key = _first_difference(stored, inputs)
+        raise MituneError(f"{out.child_uri(INPUTS_REL)} records a training of this round with "
+                          f"another '{key}'; use a new round folder, or delete "
+                          f"{out.child_uri('train')} and {out.child_uri(inputs['run_name'])} to retrain")
+    return stored
+
+
+def _first_difference(a, b, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return path or "(inputs)"
+
+
+def _check_adapters(cfg: Config, fam, folder, init_adapter, base_adapters) -> None:
+    import tempfile
+
+    if not init_adapter and not base_adapters:
+        return
+    model = meta_denoiser(folder, fam)
+    with tempfile.TemporaryDirectory(prefix="mitune-check-") as tmp:
+        def local(uri: str, i: int) -> str:
+            if not is_s3(uri):
+                return uri
+            dest = os.path.join(tmp, str(i))
+            Store(uri, endpoint_url=cfg.storage.endpoint_url, region=cfg.storage.region
+                  ).download_dir("", dest)
+            return dest
+
+        for i, uri in enumerate(base_adapters):
+            check_adapter(local(uri, i), fam, model=model)
+        if init_adapter:
+            info = check_adapter(local(init_adapter, -1), fam, rank=cfg.train.rank, model=model)
+            if not info.dora:
+                raise MituneError(f"init adapter {init_adapter} is plain LoRA (no "
+                                  "lora_magnitude_vector keys); continue from a DoRA adapter")
+
+
+def _warn_if_no_cpu_for_reads(train, log) -> None:
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    free = total - train.workers * train.cpus_per_worker
+    if free < 1:
+        log(f"warning: train.workers={train.workers} x train.cpus_per_worker="
+            f"{train.cpus_per_worker} leaves {free:g} of the cluster's {total:g} CPUs for "
+            "reading the selected set; Ray Data may wait forever: lower train.cpus_per_worker")
+
+
+def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    try:
+        from ray.train import TrainingFailedError
+    except ImportError:  # pragma: no cover - older Ray
+        from ray.train.v2.api.exceptions import TrainingFailedError
+
+    train = spec.train
+    resources = {"CPU": train.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    run_config = RunConfig(
+        name=run_name, storage_path=out.path(),
+        storage_filesystem=out.filesystem if is_s3(out.uri) else None,
+        failure_config=FailureConfig(max_failures=train.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT))
+    trainer = TorchTrainer(
+        train_loop, train_loop_config={"spec": spec}, datasets={"train": dataset},
+        scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"), run_config=run_config)
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:
+        user_error = _find_user_error(exc)
+        if user_error is not None:
+            raise MituneError(user_error) from None
+        raise
+    return result.return_value
+
+
+def _find_user_error(exc: BaseException) -> str | None:
+    """The one-line message of a MituneError raised on a worker, if that is what failed."""
+    seen, todo = set(), [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, MituneError):
+            cause = getattr(err, "cause", None)  # Ray's wrapper of a remote exception
+            return str(cause if isinstance(cause, MituneError) else err.args[0])
+        todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
+        todo += list(getattr(err, "worker_failures", {}).values())
+    return None
+
+
+def _finish(out: Store, summary: dict, log) -> TrainResult:
+    """Pick the checkpoint to export, copy its adapter, and write the result (last: the marker)."""
+    history = [CheckpointScore(**h) for h in json.loads(summary["history"])]
+    if not history:
+        raise RuntimeError("the training reported no checkpoint")  # the loop always writes one
+    scored = [h for h in history if h.validation_mi is not None]
+    if scored:
+        chosen = max(reversed(scored), key=lambda h: h.validation_mi)
+        reason = (f"highest mean validation MI ({chosen.validation_mi:.4f}) of "
+                  f"{len(scored)} checkpoints")
+    else:
+        chosen, reason = history[-1], "the last checkpoint (no validation prompts)"
+    source = f"{ADAPTERS_REL}/{step_dir(chosen.step)}/{ADAPTER_FILE}"
+    out.write_bytes(ADAPTER_REL, out.read_bytes(source))
+    result = TrainResult(
+        adapter=ADAPTER_REL, steps=summary["step"], initial_loss=summary["initial_loss"],
+        final_loss=history[-1].loss, checkpoints=tuple(history), exported_step=chosen.step,
+        export_reason=reason, samples_per_s=summary["samples_per_s"],
+        resumed_from=summary["resumed_from"])
+    out.write_json(RESULT_REL, result.to_dict())
+    log(f"exported the adapter of step {chosen.step} ({reason}) to {out.child_uri(ADAPTER_REL)}")
+    return result

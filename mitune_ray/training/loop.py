@@ -1,0 +1,335 @@
+"""The Ray Train worker: DoRA on a frozen denoiser under DeepSpeed, checkpointed and validated.
+
+Recipe, per worker: `setup()` (model, adapters, DeepSpeed, restore), `train()` (optimizer steps
+until the budget, a checkpoint every `train.checkpoint_every` and at the end), then `metrics()`.
+Rank-0-only work (logging, writing adapter files) is gated in `_Worker.log` / `_Worker.export`;
+everything that touches ZeRO-3 parameters (forward passes, gathering) runs on every rank.
+
+At each checkpoint, in this order: validation MI of the held-out prompts (every rank scores its
+share of them), the loss of the fixed batch, the adapter exported to
+`<out>/<adapters_rel>/step-NNNNNN/` (rank 0), the DeepSpeed state saved by every rank into its
+own temporary folder (safetensors, see `checkpoint.py`), and `ray.train.report` with it, which
+merges the ranks' folders into the run's checkpoint in storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from mitune_ray.config import GenerateSection, MISection, TrainSection
+from mitune_ray.sampling import Prompt, derive_seed
+from mitune_ray.storage import Store, is_s3
+from mitune_ray.training.engine import Schedule
+
+_logger = logging.getLogger(__name__)
+SHUFFLE_BUFFER_ROWS = 256  # rows mixed across neighbouring shards (a shard holds ~8 rows)
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """Everything a worker needs, resolved on the driver (sent once, pickled by Ray)."""
+
+    model_path: str  # resolved on each worker: s3:// models go to each node's cache
+    family: str
+    resolution: int | None
+    endpoint_url: str | None
+    region: str | None
+    train: TrainSection
+    schedule: Schedule
+    generate: GenerateSection  # the validation sampler's steps, guidance, scheduler, batch
+    mi: MISection
+    use_gpu: bool
+    vae_factor: int
+    out: Store
+    adapters_rel: str  # each checkpoint's adapter: <out>/<adapters_rel>/step-NNNNNN/
+    fixed_batch: dict[str, np.ndarray]
+    init_adapter: str | None = None
+    base_adapters: tuple[str, ...] = ()
+    validation_prompts: tuple[Prompt, ...] = ()
+    deepspeed_extra: dict = field(default_factory=dict)  # test hook: config overrides
+    fail_once_at_step: int | None = None  # test hook: raise once after this optimizer step...
+    fail_marker: str | None = None  # ...unless this file exists (then create it and raise)
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def train_loop(config: dict) -> dict:
+    """Ray Train's `train_loop_per_worker`: config = {"spec": LoopSpec}. Rank 0's return value
+    (`Result.return_value`) is the run's summary, also when it resumed at its final checkpoint."""
+    worker = _Worker(config["spec"])
+    worker.setup()
+    worker.train()
+    return worker.metrics()
+
+
+class _Worker:
+    def __init__(self, spec: LoopSpec):
+        import ray.train
+
+        self.spec = spec
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        if spec.use_gpu:
+            import ray.train.torch
+
+            self.device, self.dtype = ray.train.torch.get_device(), torch.bfloat16
+        else:
+            self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.history: list[dict] = []  # one entry per checkpoint: step, loss, validation_mi
+        self.initial_loss: float | None = None
+        self.resumed_from = 0
+        self.samples = 0
+        self.train_seconds = 0.0
+
+    def log(self, message: str) -> None:
+        # The one place that decides who logs. Rank 0's stdout reaches the driver's console
+        # through Ray's log forwarding (a driver-side callable would have to pickle).
+        if self.rank == 0:
+            print(message, flush=True)
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        from mitune_ray.adapters import dora_config, load_adapter_weights, load_adapters
+        from mitune_ray.families import denoiser, load_pipeline
+        from mitune_ray.models import resolve_model_path
+        from mitune_ray.training.engine import build_engine, deepspeed_config
+        from mitune_ray.training.loss import DenoisingLoss
+
+        spec = self.spec
+        folder = resolve_model_path(spec.model_path, endpoint_url=spec.endpoint_url)
+        pipe, fam = load_pipeline(folder, family=spec.family, dtype=self.dtype, device="cpu")
+        self.fam = fam
+        self.cond = self._encode_validation_prompts(pipe)
+        load_adapters(pipe, fam, [self._local(a) for a in spec.base_adapters], fuse=True)
+        net = denoiser(pipe, fam)
+        net.requires_grad_(False)
+        torch.manual_seed(spec.train.seed)  # the same Gaussian init on every rank
+        net.add_adapter(dora_config(fam, spec.train))
+        if spec.init_adapter:
+            load_adapter_weights(net, fam, self._local(spec.init_adapter))
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and component is not net:
+                component.to("meta")  # free the weights, keep the configs the sampler reads
+        if spec.train.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        net.train()
+        self.net = net
+        self.engine = build_engine(net, deepspeed_config(
+            spec.train, spec.schedule, use_gpu=spec.use_gpu, extra=spec.deepspeed_extra))
+        self.loss = DenoisingLoss(fam, dict(pipe.scheduler.config), vae_factor=spec.vae_factor,
+                                  device=self.device, dtype=self.dtype)
+        self.sampler = self._validation_sampler(pipe) if self.cond is not None else None
+        self._restore()
+
+    def _local(self, uri: str) -> str:
+        """A local folder for an adapter: s3:// folders are downloaded (they are small)."""
+        if not is_s3(uri):
+            return uri
+        local = tempfile.mkdtemp(prefix="mitune-adapter-")
+        Store(uri, endpoint_url=self.spec.endpoint_url, region=self.spec.region).download_dir("", local)
+        return local
+
+    def _encode_validation_prompts(self, pipe):
+        from mitune_ray.families import Conditioning, encode_prompts
+
+        prompts = self.spec.validation_prompts
+        if not prompts:
+            return None
+        cond = encode_prompts(pipe, self.fam, [p.text for p in prompts], "cpu")
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        return Conditioning(move(cond.embeds), move(cond.null_embeds), move(cond.pooled),
+                            move(cond.null_pooled))
+
+    def _validation_sampler(self, pipe):
+        from mitune_ray.sampling import CandidateSampler
+
+        spec = self.spec
+        gen = spec.generate.model_copy(update={
+            "candidates": spec.train.validation_candidates, "keep": 1,
+            "prune": spec.generate.prune.model_copy(update={"enabled": False})})
+        return CandidateSampler(pipe, self.fam, gen, spec.mi, device=self.device,
+                                dtype=self.dtype, resolution=spec.resolution)
+
+    def _restore(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            path, client = self.engine.load_checkpoint(folder, load_module_strict=False)
+        if path is None:
+            raise RuntimeError(f"Ray Train's checkpoint {checkpoint.path} holds no DeepSpeed state")
+        state = client["mitune"]
+        self.history, self.initial_loss = state["history"], state["initial_loss"]
+        self.resumed_from = self.engine.global_steps
+        self.log(f"resumed from the checkpoint at step {self.resumed_from}")
+
+    # -- training -------------------------------------------------------------------------------
+
+    @property
+    def step(self) -> int:
+        return self.engine.global_steps
+
+    def train(self) -> None:
+        import ray.train
+
+        spec, engine = self.spec, self.engine
+        total = spec.schedule.steps
+        if self.initial_loss is None:
+            self.initial_loss = self.fixed_loss()
+            self.log(f"fixed-batch loss before training: {self.initial_loss:.5f}")
+        shard = ray.train.get_dataset_shard("train")
+        epoch = 0
+        micro, window_loss, window_start = 0, torch.zeros((), device=self.device), time.perf_counter()
+        while self.step < total:
+            batches = shard.iter_torch_batches(
+                batch_size=spec.train.batch_size, drop_last=True, dtypes=torch.float32,
+                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+                local_shuffle_seed=derive_seed("shuffle", spec.train.seed, self.rank, epoch, self.step) % 2**31)
+            seen = 0
+            for batch in self._lockstep(batches):
+                seen += 1
+                generator = torch.Generator().manual_seed(
+                    derive_seed("noise", spec.train.seed, self.rank, self.step, micro))
+                loss = self.loss(engine, batch, generator)
+                engine.backward(loss)
+                boundary = engine.is_gradient_accumulation_boundary()
+                engine.step()
+                micro += 1
+                window_loss += loss.detach()
+                if not boundary:
+                    continue
+                self._after_step(window_loss / micro, time.perf_counter() - window_start)
+                micro, window_loss = 0, torch.zeros((), device=self.device)
+                if self.step % spec.train.checkpoint_every == 0 or self.step >= total:
+                    self.checkpoint()
+                self._maybe_fail()
+                window_start = time.perf_counter()
+                if self.step >= total:
+                    break
+            if seen == 0:
+                raise RuntimeError(f"rank {self.rank} got no full batch of {spec.train.batch_size} "
+                                   "rows in an epoch: the selected set is too small for "
+                                   "train.workers x train.batch_size")
+            epoch += 1
+
+    def _lockstep(self, batches):
+        """Yield batches while every rank has one: an uneven split would otherwise hang the
+        collectives of the rank that has one more (Ray's equal split makes this a no-op)."""
+        flag = torch.ones(1, device=self.device)
+        for batch in batches:
+            flag.fill_(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if flag.item() == 0:
+                _logger.warning("rank %d dropped a batch the other ranks did not have: the "
+                                "dataset split is uneven", self.rank)
+                return
+            yield batch
+        flag.fill_(0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+
+    def _after_step(self, mean_loss: torch.Tensor, seconds: float) -> None:
+        spec = self.spec
+        samples = spec.train.batch_size * self.world * spec.schedule.grad_accum
+        self.samples += samples
+        self.train_seconds += seconds
+        dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        lr = self.engine.get_lr()[0]
+        self.log(f"step {self.step}/{spec.schedule.steps} loss {mean_loss.item() / self.world:.5f} "
+                 f"lr {lr:.3g} {samples / max(seconds, 1e-9):.2f} samples/s")
+
+    def _maybe_fail(self) -> None:
+        spec = self.spec
+        if spec.fail_once_at_step != self.step or spec.fail_marker is None:
+            return
+        if not os.path.exists(spec.fail_marker):
+            with open(spec.fail_marker, "w") as f:
+                f.write(str(self.step))
+            raise RuntimeError(f"injected failure after step {self.step} (test hook)")
+
+    # -- evaluation and checkpoints -------------------------------------------------------------
+
+    @torch.no_grad()
+    def fixed_loss(self) -> float:
+        """The loss of the fixed batch with fixed draws (every rank: ZeRO-3 forwards are collective)."""
+        batch = {k: torch.from_numpy(v) for k, v in self.spec.fixed_batch.items()}
+        generator = torch.Generator().manual_seed(derive_seed("fixed", self.spec.train.seed))
+        return float(self.loss(self.engine, batch, generator))
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean trajectory MI of the held-out prompts' candidates, the same seeds at every
+        checkpoint. Prompts are dealt to ranks round-robin; a rank short of one repeats a prompt
+        (not counted) so that all ranks run the same number of denoiser calls."""
+        prompts = self.spec.validation_prompts
+        if not prompts:
+            return None
+        n, per = len(prompts), math.ceil(len(prompts) / self.world)
+        mine = list(range(self.rank, n, self.world))
+        counted = len(mine)
+        mine += [mine[0] if mine else 0] * (per - len(mine))
+        rows = [(pos, c) for pos in range(per) for c in range(self.spec.train.validation_candidates)]
+        totals = torch.zeros(per, dtype=torch.float64)
+        size = self.sampler.gen.max_batch
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            seeds = [derive_seed("validation", self.spec.train.seed, prompts[mine[p]].prompt_id, c)
+                     for p, c in chunk]
+            index = torch.tensor([mine[p] for p, _ in chunk], device=self.cond.embeds.device)
+            _, _, acc = self.sampler.sample(seeds, self.cond.rows(index))
+            totals.index_add_(0, torch.tensor([p for p, _ in chunk]), acc.mi.double().cpu())
+        per_prompt = totals[:counted] / self.spec.train.validation_candidates
+        summed = torch.tensor([per_prompt.sum().item(), float(counted)], device=self.device)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return summed[0].item() / summed[1].item()
+
+    def export(self, rel: str) -> None:
+        """The adapter in diffusers' format at `<out>/<rel>/`, gathered under ZeRO-3, by rank 0."""
+        import deepspeed
+
+        from mitune_ray.adapters import export_adapter
+
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        gathered = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+                    if self.spec.train.zero_stage == 3 else nullcontext())
+        with gathered:
+            if self.rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    export_adapter(self.net, self.fam, tmp)
+                    self.spec.out.upload_dir(tmp, rel)
+
+    def checkpoint(self) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        entry = {"step": self.step, "validation_mi": self.validate(), "loss": self.fixed_loss()}
+        self.history.append(entry)
+        mi = entry["validation_mi"]
+        self.log(f"checkpoint at step {self.step}: fixed-batch loss {entry['loss']:.5f}"
+                 + ("" if mi is None else f", validation MI {mi:.4f}"))
+        self.export(f"{self.spec.adapters_rel}/{step_dir(self.step)}")
+        with tempfile.TemporaryDirectory(prefix="mitune-ckpt-") as tmp:
+            state = {"history": self.history, "initial_loss": self.initial_loss}
+            self.engine.save_checkpoint(tmp, client_state={"mitune": state},
+                                        exclude_frozen_parameters=True)
+            ray.train.report(self.metrics(), checkpoint=Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=step_dir(self.step))
+
+    def metrics(self) -> dict:
+        return {"step": self.step, "history": json.dumps(self.history),
+                "initial_loss": self.initial_loss, "resumed_from": self.resumed_from,
+                "samples_per_s": self.samples / self.train_seconds if self.train_seconds > 0 else 0.0}

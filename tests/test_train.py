@@ -1,0 +1,345 @@
+"""The Ray Train + DeepSpeed stage on tiny models: DoRA really trains, checkpoints are safetensors,
+a failed worker group resumes from S3, a finished run is not redone, bad inputs fail in one line.
+
+One local Ray cluster serves the module (started after the S3 fixture, so its workers inherit the
+endpoint and credentials). 4 logical CPUs on a 2-core machine: 2 training workers leave room for
+Ray Data's read tasks, which would otherwise wait forever.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import mitune_ray.train as train_module
+from mitune_ray.adapters import ADAPTER_FILE, dora_config, export_adapter
+from mitune_ray.config import TrainSection, load_config
+from mitune_ray.errors import MituneError
+from mitune_ray.families import denoiser, encode_prompts, load_pipeline, predict, time_ids
+from mitune_ray.records import pack_tensors, selected_table, to_parquet_bytes
+from mitune_ray.sampling import Prompt
+from mitune_ray.storage import Store
+from mitune_ray.training.checkpoint import (
+    METADATA_KEY, SafetensorsCheckpointEngine, load_state, save_state,
+)
+from mitune_ray.training.engine import Schedule, deepspeed_config, resolve_schedule
+from mitune_ray.train import TEST_HOOKS_ENV, TrainResult, train_adapter
+
+VALIDATION = [Prompt("val-1", "a red ball"), Prompt("val-2", "a blue cone")]
+SMALL = {"rank": 4, "batch_size": 2, "grad_accum": 1, "steps": 4, "checkpoint_every": 2,
+         "warmup_steps": 0, "workers": 2, "lr": 1e-2, "validation_candidates": 2, "max_failures": 0}
+
+
+def config(**train):
+    overrides = [f"train.{k}={v}" for k, v in (SMALL | train).items()] + ["generate.steps=2"]
+    return load_config(None, overrides)
+
+
+def selected_rows(tiny_folder, family, n, *, latent_shape=(4, 8, 8), tag=""):
+    pipe, fam = load_pipeline(tiny_folder(family))
+    texts = [f"a {i} {tag} cube" for i in range(n)]
+    cond = encode_prompts(pipe, fam, texts, "cpu")
+    gen = torch.Generator().manual_seed(7)
+    return [dict(prompt_id=f"p{i}", prompt=t, round=1, candidate=0, seed=i, rank=0, mi=1.0,
+                 mi_stderr=0.1, family=fam.name, png=b"",
+                 tensors=pack_tensors(torch.randn(latent_shape, generator=gen), cond.embeds[i],
+                                      None if cond.pooled is None else cond.pooled[i]))
+            for i, t in enumerate(texts)]
+
+
+def write_shards(store: Store, rows, shards=2) -> list[str]:
+    size = math.ceil(len(rows) / shards)
+    uris = []
+    for k in range(shards):
+        rel = f"selected/part-{k}.parquet"
+        store.write_bytes(rel, to_parquet_bytes(selected_table(rows[k * size:(k + 1) * size])))
+        uris.append(store.child_uri(rel))
+    return uris
+
+
+def one_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
+
+
+# -- the safetensors checkpoint engine (no Ray) ----------------------------------------------------
+
+def test_checkpoint_state_round_trips_without_pickles(tmp_path):
+    from collections import OrderedDict
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    flat = torch.arange(12.0)
+    state = {
+        "tuple": (1, 2.5, "x", None), "size": torch.Size([3, 4]), "set": {3, 1}, "frozen": frozenset("ab"),
+        "ordered": OrderedDict(b=1, a=2), 7: [float("inf"), True], "stage": ZeroStageEnum.gradients,
+        "scaler": LossScaler(4.0), "fragment": fragment_address(numel=3, start=2),
+        "views": [flat[2:5], flat[4:]], "empty": torch.tensor([]), "scalar": torch.tensor(3.5),
+        "bf16": torch.ones(2, dtype=torch.bfloat16), "dtype": torch.float16,
+    }
+    path = str(tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    save_state(state, path)
+    with safe_open(path, framework="pt") as handle:  # a safetensors file, skeleton in its header
+        assert METADATA_KEY in handle.metadata()
+    back = load_state(path)
+    assert back["tuple"] == (1, 2.5, "x", None) and isinstance(back["tuple"], tuple)
+    assert back["size"] == torch.Size([3, 4]) and isinstance(back["size"], torch.Size)
+    assert back["set"] == {1, 3} and back["frozen"] == frozenset("ab")
+    assert isinstance(back["ordered"], OrderedDict) and list(back["ordered"]) == ["b", "a"]
+    assert back[7] == [float("inf"), True]
+    assert back["stage"] is ZeroStageEnum.gradients
+    assert isinstance(back["scaler"], LossScaler) and back["scaler"].cur_scale == 4.0
+    assert back["fragment"] == fragment_address(numel=3, start=2)
+    assert torch.equal(back["views"][0], flat[2:5]) and torch.equal(back["views"][1], flat[4:])
+    assert back["empty"].shape == (0,) and back["scalar"].item() == 3.5
+    assert back["bf16"].dtype == torch.bfloat16 and back["dtype"] is torch.float16
+
+
+def test_checkpoint_engine_refuses_unknown_classes_and_pickles(tmp_path):
+    class Custom:
+        pass
+
+    engine = SafetensorsCheckpointEngine()
+    with pytest.raises(TypeError, match="not.*whitelisted|neither"):
+        engine.save({"x": Custom()}, str(tmp_path / "a.pt"))
+    torch.save({"x": 1}, tmp_path / "pickled.pt")  # what DeepSpeed's default engine writes
+    with pytest.raises(MituneError) as err:
+        engine.load(str(tmp_path / "pickled.pt"))
+    assert "never loaded" in one_line(err)
+
+
+def test_schedule_takes_family_defaults_and_deepspeed_config_follows_it():
+    from mitune_ray.families import FAMILIES
+
+    sd3 = resolve_schedule(TrainSection(), FAMILIES["sd3"])
+    assert sd3 == Schedule(lr=5e-6, grad_accum=5, max_grad_norm=5e-3, steps=2000, warmup_steps=400)
+    sd = resolve_schedule(TrainSection(lr=3e-4), FAMILIES["sd"])
+    assert (sd.lr, sd.grad_accum, sd.steps, sd.warmup_steps) == (3e-4, 50, 300, 0)
+    ds = deepspeed_config(TrainSection(zero_stage=3, offload_optimizer=True), sd3, use_gpu=False)
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_optimizer"]
+    assert ds["optimizer"]["params"]["torch_adam"] and not ds["bf16"]["enabled"]
+    assert (ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (5, 5e-3)
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 400
+    assert "scheduler" not in deepspeed_config(TrainSection(), sd, use_gpu=True)  # constant LR
+    with pytest.raises(MituneError, match="warmup_steps=400 is not below train.steps=100"):
+        resolve_schedule(TrainSection(steps=100), FAMILIES["sd3"])
+
+
+# -- errors before any training ----------------------------------------------------------------------
+
+def test_bad_selected_sets_are_one_line_errors_before_training(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("training started"))
+    model = tiny_folder("sd")
+    store = Store(str(tmp_path))
+
+    def run(selected, **kw):
+        with pytest.raises(MituneError) as err:
+            train_adapter(config(), model_path=model, selected=selected,
+                          out=Store(str(tmp_path / "out")), run_name="t", **kw)
+        return one_line(err)
+
+    assert "selected set is empty" in run([])
+    store.write_bytes("empty.parquet", to_parquet_bytes(selected_table([])))
+    assert "has no rows" in run([store.child_uri("empty.parquet")])
+    import pyarrow as pa
+
+    store.write_bytes("cols.parquet", to_parquet_bytes(pa.table({"prompt": ["a"]})))
+    assert "lacks column(s) prompt_id, family, tensors" in run([store.child_uri("cols.parquet")])
+    rows = selected_rows(tiny_folder, "sd", 4)
+    rows[0]["tensors"] = b"not a safetensors blob"
+    store.write_bytes("blob.parquet", to_parquet_bytes(selected_table(rows)))
+    assert "no valid safetensors blob" in run([store.child_uri("blob.parquet")])
+    assert "does not exist" in run([str(tmp_path / "missing.parquet")])
+
+    big = write_shards(Store(str(tmp_path / "big")), selected_rows(tiny_folder, "sd", 4, latent_shape=(4, 16, 16)))
+    message = run(big)
+    assert "latents of shape (4, 16, 16)" in message and "takes (4, 8, 8)" in message
+    xl = write_shards(Store(str(tmp_path / "xl")), selected_rows(tiny_folder, "sdxl", 4))
+    assert "generated by a sdxl model" in run(xl)
+
+    good = write_shards(Store(str(tmp_path / "good")), selected_rows(tiny_folder, "sd", 4))
+    pipe, fam = load_pipeline(tiny_folder("sd3"))
+    denoiser(pipe, fam).add_adapter(dora_config(fam, TrainSection(rank=4)))
+    export_adapter(denoiser(pipe, fam), fam, tmp_path / "sd3-adapter")
+    assert "SD3 (transformer) keys" in run(good, init_adapter=str(tmp_path / "sd3-adapter"))
+    assert "SD3 (transformer) keys" in run(good, base_adapters=[str(tmp_path / "sd3-adapter")])
+    pipe, fam = load_pipeline(model)
+    denoiser(pipe, fam).add_adapter(dora_config(fam, TrainSection(rank=8)))
+    export_adapter(denoiser(pipe, fam), fam, tmp_path / "rank-8")
+    assert "has rank 8 but train.rank=4" in run(good, init_adapter=str(tmp_path / "rank-8"))
+
+
+# -- training on a Ray cluster -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server):
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def magnitude_changes(adapter: Path, base_net, fam) -> list[float]:
+    """|magnitude - ||W|| row norm| per adapted layer: DoRA starts the magnitude at the norm."""
+    changes = []
+    modules = dict(base_net.named_modules())
+    with safe_open(str(adapter), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith(".lora_magnitude_vector"):
+                name = key[len(fam.denoiser) + 1 : -len(".lora_magnitude_vector")]
+                norm = modules[name].weight.detach().norm(dim=1)
+                changes.append((handle.get_tensor(key) - norm).abs().max().item())
+    return changes
+
+
+@pytest.mark.parametrize("family, stage, accum", [
+    ("sd", 2, 2),  # 2 x 2 rows per step: the 16 rows last two steps, so the run spans 2 epochs
+    ("sdxl", 2, 1), ("sd3", 2, 1), ("sd3", 3, 1)])
+def test_dora_fine_tunes_each_family(ray_cluster, tiny_folder, tmp_path, monkeypatch,
+                                     family, stage, accum):
+    if stage == 3:  # partition even the tiny weights, as ZeRO-3 does with real-sized ones
+        monkeypatch.setenv(TEST_HOOKS_ENV, json.dumps(
+            {"deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}))
+    selected = write_shards(Store(str(tmp_path)), selected_rows(tiny_folder, family, 16))
+    out = Store(str(tmp_path / "round-1"))
+    result = train_adapter(config(zero_stage=stage, grad_accum=accum), model_path=tiny_folder(family),
+                           selected=selected, out=out, run_name="train", validation_prompts=VALIDATION)
+
+    assert result.steps == 4 and result.resumed_from == 0
+    assert [c.step for c in result.checkpoints] == [2, 4]
+    assert all(math.isfinite(c.validation_mi) for c in result.checkpoints)
+    assert result.final_loss < result.initial_loss  # the same batch, noise and timesteps
+    best = max(reversed(result.checkpoints), key=lambda c: c.validation_mi)
+    assert result.exported_step == best.step and "validation MI" in result.export_reason
+    assert out.read_bytes(result.adapter) == out.read_bytes(
+        f"train/adapters/step-{best.step:06d}/{ADAPTER_FILE}")
+    assert result.samples_per_s > 0
+    assert TrainResult.from_dict(out.read_json("adapter/train_result.json")) == result
+
+    # The DeepSpeed checkpoint in storage is safetensors (each rank's shard), never a pickle.
+    states = sorted(Path(out.path("train/step-000004")).rglob("*.pt"))
+    assert any("optim_states" in p.name for p in states) and len(states) >= 2
+    for path in states:
+        with safe_open(str(path), framework="pt") as handle:
+            assert METADATA_KEY in handle.metadata()
+
+    # The exported adapter is DoRA, it loads into a fresh pipeline, and it changes the output.
+    pipe, fam = load_pipeline(tiny_folder(family))
+    cond = encode_prompts(pipe, fam, ["a red cube"], "cpu")
+    ids = time_ids(pipe, fam, 32, 32, 1, "cpu", torch.float32)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = predict(pipe, fam, x, torch.tensor([500.0]), cond.embeds, cond.pooled, ids)
+        changes = magnitude_changes(Path(out.path(result.adapter)), denoiser(pipe, fam), fam)
+        pipe.load_lora_weights(out.path("adapter"), adapter_name="tuned")
+        after = predict(pipe, fam, x, torch.tensor([500.0]), cond.embeds, cond.pooled, ids)
+    # Plain LoRA (what the reference's SD-2.1 script trains) would have no magnitudes to move.
+    assert changes and max(changes) > 1e-4 and sum(c > 1e-6 for c in changes) > len(changes) / 2
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_a_failed_worker_resumes_from_s3_and_a_finished_run_is_not_redone(
+        ray_cluster, s3_bucket, tiny_folder, tmp_path, monkeypatch):
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv(TEST_HOOKS_ENV, json.dumps({"fail_once_at_step": 3, "fail_marker": str(marker)}))
+    store = Store(f"s3://{s3_bucket}/run")
+    selected = write_shards(store, selected_rows(tiny_folder, "sd", 16))
+    out = store.child("round-1")
+    cfg = config(max_failures=1)
+    kwargs = dict(model_path=tiny_folder("sd"), selected=selected, out=out, run_name="round-1-train")
+    result = train_adapter(cfg, **kwargs)
+
+    assert marker.read_text() == "3"  # the worker group did fail after step 3...
+    assert result.resumed_from == 2  # ...and the restart began at the step-2 checkpoint, from S3
+    assert result.steps == 4 and [c.step for c in result.checkpoints] == [2, 4]
+    assert result.exported_step == 4 and "last checkpoint" in result.export_reason
+    assert result.final_loss < result.initial_loss
+    stored = out.list("round-1-train")
+    assert any(p.endswith("global_step2/mp_rank_00_model_states.pt") for p in stored)
+    assert any(p.endswith("global_step4/zero_pp_rank_1_mp_rank_00_optim_states.pt") for p in stored)
+    assert out.exists(f"adapter/{ADAPTER_FILE}")
+
+    # A rerun of the finished run returns the stored result without starting any training.
+    monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("training started"))
+    assert train_adapter(cfg, **kwargs) == result
+    # The same round folder with other inputs is refused rather than mixed.
+    with pytest.raises(MituneError) as err:
+        train_adapter(config(max_failures=1, lr=0.5), **kwargs)
+    assert "another 'train.lr'" in one_line(err)
+
+
+def _zero2_restore_loop(config):
+    """Two ranks: train, checkpoint, take one more step; then a fresh engine restores the
+    checkpoint and takes the same step. Returns rank 0's (losses, Adam moments, lr) of both."""
+    import ray.train
+
+    from mitune_ray.training.engine import build_engine
+
+    rank = ray.train.get_context().get_world_rank()
+    schedule = Schedule(lr=1e-2, grad_accum=2, max_grad_norm=1.0, steps=10, warmup_steps=3)
+    ds_config = deepspeed_config(TrainSection(zero_stage=2, batch_size=4), schedule, use_gpu=False)
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+        net[0].weight.requires_grad_(False)  # a frozen part, like the base model
+        return build_engine(net, ds_config)
+
+    def optimizer_step(engine, step):
+        losses = []
+        for micro in range(2):
+            g = torch.Generator().manual_seed(100 * step + 10 * micro + rank)
+            x, y = torch.randn(4, 8, generator=g), torch.randn(4, 4, generator=g)
+            loss = (engine(x) - y).pow(2).mean()
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        return losses
+
+    def moments(engine):  # this rank's partition of Adam's state
+        return [torch.cat([s["exp_avg"].flatten(), s["exp_avg_sq"].flatten()]).tolist()
+                for s in engine.optimizer.optimizer.state.values()]
+
+    first = make()
+    for step in range(3):
+        optimizer_step(first, step)
+    first.save_checkpoint(config["folder"], client_state={"mitune": {"note": (1, 2)}},
+                          exclude_frozen_parameters=True)
+    continued = (optimizer_step(first, 3), moments(first), first.get_lr())
+    second = make()
+    _, client = second.load_checkpoint(config["folder"], load_module_strict=False)
+    assert client["mitune"]["note"] == (1, 2)
+    assert second.global_steps == 3
+    restored = (optimizer_step(second, 3), moments(second), second.get_lr())
+    assert restored == continued, f"rank {rank}: the restored run diverged"
+    return {"continued": continued, "restored": restored}
+
+
+def test_zero2_checkpoint_of_two_ranks_restores_the_optimizer_state(ray_cluster, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _zero2_restore_loop, train_loop_config={"folder": str(tmp_path / "ckpt")},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(storage_path=str(tmp_path / "ray"), name="restore"))
+    value = trainer.fit().return_value
+    losses, moments, lr = value["restored"]
+    assert value["restored"] == value["continued"]
+    assert len(losses) == 2 and moments and any(abs(v) > 0 for m in moments for v in m)
+    assert lr == [pytest.approx(1e-2)]  # WarmupLR resumed past its 3 warm-up steps
+    files = sorted((tmp_path / "ckpt").rglob("*.pt"))
+    assert [f.name for f in files] == ["mp_rank_00_model_states.pt",
+                                       "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                       "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    for path in files:
+        assert load_state(str(path))  # safetensors + JSON; torch.load would find no pickle
