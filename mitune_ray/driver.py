@@ -37,9 +37,14 @@ def model_family(cfg: Config) -> Family:
     """The family of the configured model, from its model_index.json (no weights loaded)."""
     from mitune_ray.families import resolve_family
 
+    from mitune_ray.families import check_weights
+
     path = cfg.model.path
     if path.startswith((TINY_PREFIX, BUNDLED_PREFIX)) or not is_s3(path):
-        return resolve_family(cfg.model.family, resolve_model_path(path))
+        folder = resolve_model_path(path)
+        fam = resolve_family(cfg.model.family, folder)
+        check_weights(folder)  # a damaged file fails here, before any actor starts
+        return fam
     index = Store(path, endpoint_url=cfg.storage.endpoint_url).read_json("model_index.json")
     from mitune_ray.families import _BY_CLASS  # noqa: PLC2701 - the table's own index
 
@@ -113,15 +118,12 @@ class Recipe:
     # -- setup ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from mitune_ray.runtime import ensure_ray
-
         self.family = model_family(self.cfg)
         self.cfg = resolve(self.cfg, self.family)
         self.manifest = Manifest(self.store)
         self.manifest.create_or_check(self.cfg.to_dict(), self.cfg.fingerprint(),
                                       allow_change=self.cfg.run.allow_config_change)
         self.manifest.acquire()
-        ensure_ray(self.cfg.ray)
         self.log(f"run {self.store.uri}: {self.family.name} model {self.cfg.model.path}, "
                  f"{self.cfg.run.rounds} rounds")
 
@@ -180,7 +182,9 @@ class Recipe:
 
     def generate_stage(self, r: int, plan: RoundPlan) -> dict:
         from mitune_ray.generate import ModelSpec, generate_round
+        from mitune_ray.runtime import ensure_ray
 
+        ensure_ray(self.cfg.ray)  # started only when needed: bad input fails before Ray starts
         prompts = self.manifest.stage("prompts")
         excluded = frozenset(prompts.get("excluded_eval_overlap", []))
         model = ModelSpec(self.cfg.model.path, self.family.name, self.cfg.model.dtype,
@@ -221,8 +225,10 @@ class Recipe:
         return out
 
     def train_stage(self, r: int, plan: RoundPlan) -> dict:
+        from mitune_ray.runtime import ensure_ray
         from mitune_ray.train import train_adapter
 
+        ensure_ray(self.cfg.ray)
         selected = [f"{round_dir(i)}/{part}" for i in plan.selected_rounds
                     for part in self.store.child(round_dir(i)).list("selected", suffix=".parquet")]
         result = train_adapter(

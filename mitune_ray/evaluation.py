@@ -106,7 +106,9 @@ def _summarise(values: dict[str, list[float]], categories: list[str]) -> tuple[d
 def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
     """Generate and score the evaluation images of one model version (`name`: folder in the run)."""
     from mitune_ray.generate import ModelSpec, generate_round
+    from mitune_ray.runtime import ensure_ray
 
+    ensure_ray(recipe.cfg.ray)
     cfg = recipe.cfg
     shards, categories, n = _eval_prompts(recipe)
     eval_store = recipe.store.child("prompts/eval")

@@ -91,7 +91,7 @@ def resolve_family(requested: str, folder: Path) -> Family:
     return found
 
 
-def _check_weights(folder: Path) -> None:
+def check_weights(folder: Path) -> None:
     # Pickled weights are never loaded, so a component saved only as .bin is a user error, and a
     # truncated safetensors file is caught here with its path rather than deep inside diffusers.
     from safetensors import safe_open
@@ -131,7 +131,7 @@ def load_pipeline(folder: str | Path, *, family: str = "auto", dtype: torch.dtyp
 
     folder = Path(folder)
     fam = resolve_family(family, folder)
-    _check_weights(folder)
+    check_weights(folder)
     cls = getattr(diffusers, fam.pipeline_class)
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if fam.name == "sd" else {}
     # Optional components saved as null (SD3 without T5, no image encoder) are passed as None.

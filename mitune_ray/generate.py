@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mitune_ray.config import GenerateSection, MISection
-from mitune_ray.errors import MituneError
+from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray import faults
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
@@ -71,7 +71,7 @@ def load_model(spec: ModelSpec):
     """(pipe, family, device, dtype) for an actor or a local process."""
     from mitune_ray.families import load_pipeline
     from mitune_ray.models import resolve_model_path
-    from mitune_ray.runtime import local_device, resolve_dtype
+    from mitune_ray.runtime import local_device, quiet_hf, resolve_dtype
 
     quiet_hf()
     device = local_device()
@@ -83,16 +83,6 @@ def load_model(spec: ModelSpec):
 
         load_adapters(pipe, fam, [local_adapter(a, spec.endpoint_url) for a in spec.adapters])
     return pipe, fam, device, dtype
-
-
-def quiet_hf() -> None:
-    """No per-component progress bars from every actor's model loading."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def local_adapter(uri: str, endpoint_url: str | None) -> str:
@@ -157,6 +147,7 @@ class GenerateUDF:
                                 "png": png_bytes(image)})
         self.batches += 1
         maybe_fail("generate.batch", self.batches)
+        maybe_fail("generate.kill_actor", self.batches, kill=True)
         name = shard_name([p.prompt_id for p in prompts])
         if gallery:
             self.out.write_bytes(f"gallery/{name}", to_parquet_bytes(gallery_table(gallery)))
@@ -250,11 +241,17 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     n_prompts = n_candidates = 0
     best: list[float] = []
     actors: set[str] = set()
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        n_prompts += batch.num_rows
-        n_candidates += sum(batch.column("candidates").to_pylist())
-        best += batch.column("mi_best").to_pylist()
-        actors |= set(batch.column("actor").to_pylist())
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            n_prompts += batch.num_rows
+            n_candidates += sum(batch.column("candidates").to_pylist())
+            best += batch.column("mi_best").to_pylist()
+            actors |= set(batch.column("actor").to_pylist())
+    except Exception as exc:
+        user = user_error_in(exc)  # e.g. a model folder an actor could not load
+        if user is not None:
+            raise user from None
+        raise
     seconds = time.perf_counter() - start
     rows = _count_rows(out)
     values = np.array([b for b in best if b == b], dtype=float)

@@ -122,5 +122,8 @@ TINY_BUILDERS = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3}
 
 def save_tiny(family: str, path, seed: int = 0) -> str:
     """Build the tiny pipeline of `family` and save it as a diffusers folder at `path`."""
+    from mitune_ray.runtime import quiet_hf
+
+    quiet_hf()
     TINY_BUILDERS[family](seed).save_pretrained(str(path))
     return str(path)
