@@ -22,7 +22,8 @@ def ensure_ray(settings: RaySection | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=settings.num_cpus, include_dashboard=False, **kwargs)
+        # "local": a new cluster for this process, never one a `ray start` left on the machine.
+        ray.init(address="local", num_cpus=settings.num_cpus, include_dashboard=False, **kwargs)
 
 
 def cluster_has_gpus() -> bool:

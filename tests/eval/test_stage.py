@@ -19,7 +19,7 @@ def ray_cluster():
     if ray.is_initialized():  # another module's cluster: use it, leave it to its owner
         yield ray
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
