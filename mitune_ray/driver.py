@@ -256,7 +256,6 @@ class Recipe:
             self._stage(f"{round_dir(r)}/train", lambda: self.train_stage(r, plan))
             if self.cfg.run.evaluate:
                 self._stage(f"{round_dir(r)}/evaluate", lambda: self.evaluate_stage(r, plan))
-        self.log(status_text(self.manifest.data, self.store.uri))
         return self.manifest.data
 
     def cleanup(self) -> None:
@@ -269,9 +268,11 @@ def run(cfg: Config, *, log=print) -> dict:
     recipe = Recipe(cfg, log=log)
     try:
         recipe.setup()
-        return recipe.run()
+        manifest = recipe.run()
     finally:
         recipe.cleanup()
+    log(status_text(manifest, recipe.store.uri))
+    return manifest
 
 
 def status_text(manifest: dict, uri: str) -> str:

@@ -27,7 +27,8 @@ import pyarrow.fs as pafs
 
 from mitune_ray.errors import MituneError
 
-RETRY_WINDOW_S = 60.0  # how long an unreachable store is retried before the run stops
+# How long an unreachable store is retried before the run stops ($MITUNE_STORAGE_RETRY_S).
+RETRY_WINDOW_S = float(os.environ.get("MITUNE_STORAGE_RETRY_S", "60"))
 _T = TypeVar("_T")
 
 

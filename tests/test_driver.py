@@ -1,0 +1,124 @@
+"""The multi-round driver end to end: S3 state, SIGKILL and resume, `ray job submit`, export."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from mitune_ray.storage import Store
+from tests.runs import dump, kill, read_manifest, run_cli, stages, start, tiny_run_config, wait_for
+
+
+def selected_ids(store: Store, rnd: str) -> list[str]:
+    parts = store.list(f"{rnd}/selected", suffix=".parquet")
+    return pq.read_table([store.path(p) for p in parts], columns=["prompt_id"],
+                         filesystem=store.filesystem).column("prompt_id").to_pylist()
+
+
+def test_two_rounds_on_s3_resume_after_a_sigkill_in_round_2_generation(tmp_path, s3_bucket):
+    uri = f"s3://{s3_bucket}/runs/two-rounds"
+    store = Store(uri)
+    config = tiny_run_config(tmp_path, uri)
+    log = tmp_path / "driver.log"
+    proc = start(["run", str(config)], cwd=tmp_path, log=log)
+    try:
+        wait_for(lambda: store.list("round-002/selected", suffix=".parquet"), proc=proc,
+                 what="round 2's first selected shard")
+    finally:
+        kill(proc)
+    before = stages(read_manifest(store))
+    assert "round-001/train" in before and "round-002/generate" not in before, dump(log)
+    round1_adapter = store.read_bytes("round-001/adapter/pytorch_lora_weights.safetensors")
+
+    assert run_cli(["run", str(config)], cwd=tmp_path, log=log) == 0, dump(log)
+    after = stages(read_manifest(store))
+    for name in ("prompts", "round-001/generate", "round-001/train"):
+        assert after[name]["committed_at"] == before[name]["committed_at"], f"{name} was redone"
+    assert store.read_bytes("round-001/adapter/pytorch_lora_weights.safetensors") == round1_adapter
+    kept = after["prompts"]["train"]["train"]
+    for rnd in ("round-001", "round-002"):
+        ids = selected_ids(store, rnd)
+        assert len(ids) == kept == len(set(ids)) == after[f"{rnd}/generate"]["rows"]
+    assert "round-002/train" in after
+    assert read_manifest(store)["lease"] is None
+    text = log.read_text()
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in store.read_bytes("manifest.json").decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A local Ray head started with `ray start`, stopped by its own address (not `ray stop`
+    alone, which would stop every cluster on the machine)."""
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port, dash = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    temp = f"/tmp/ray-head-{os.getpid()}-{port}"
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=4",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    f"--temp-dir={temp}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    yield f"http://127.0.0.1:{dash}", env
+    subprocess.run([ray_bin, "stop", "--force"], env=dict(env, RAY_ADDRESS=f"127.0.0.1:{port}"),
+                   capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ray_head):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    config = tiny_run_config(tmp_path, str(run_dir), rounds=1)
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    submission = "mitune-job-test"
+    subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id", submission,
+                    "--no-wait", "--entrypoint-num-cpus", "0", "--",
+                    sys.executable, "-m", "mitune_ray.cli", "run", str(config)],
+                   env=env, check=True, capture_output=True, timeout=120)
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + 900
+    status = client.get_job_status(submission)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, "job did not finish"
+        time.sleep(2)
+        status = client.get_job_status(submission)
+    logs = client.get_job_logs(submission)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    assert "1/1 rounds trained" in logs
+    # Resubmitting the same submission id is refused: a run cannot be started twice.
+    again = subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id",
+                            submission, "--no-wait", "--", "true"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode != 0
+    manifest = read_manifest(Store(str(run_dir)))
+    assert {"prompts", "round-001/generate", "round-001/train"} <= set(stages(manifest))
+    assert manifest["config"]["model"]["family"] == "sd"
+
+    out = tmp_path / "exported"
+    export = subprocess.run([sys.executable, "-m", "mitune_ray.cli", "export", str(run_dir),
+                             "--round", "1", str(out)], capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr
+    from mitune_ray.families import load_pipeline
+    from mitune_ray.models import resolve_model_path
+    import torch
+
+    pipe, _ = load_pipeline(resolve_model_path("tiny:sd"))
+    generator = torch.Generator().manual_seed(0)
+    base = pipe("a red cube", num_inference_steps=2, generator=generator, output_type="np").images
+    pipe.load_lora_weights(str(out))
+    generator = torch.Generator().manual_seed(0)
+    tuned = pipe("a red cube", num_inference_steps=2, generator=generator, output_type="np").images
+    assert abs(base - tuned).max() > 0
+    status = subprocess.run([sys.executable, "-m", "mitune_ray.cli", "status", str(run_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "round-001/train" in status.stdout
