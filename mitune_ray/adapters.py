@@ -80,6 +80,7 @@ class AdapterInfo:
 
     path: Path
     rank: int
+    alpha: float | None  # from the LoraConfig in the file's metadata (None: not recorded)
     dora: bool  # has lora_magnitude_vector keys
     layers: dict[str, tuple[int, int]]  # module path -> (in_features, out_features)
 
@@ -94,8 +95,9 @@ def _module_of(key: str, prefix: str) -> tuple[str, str] | None:
     return None
 
 
-def read_adapter_header(folder: str | Path) -> tuple[Path, dict[str, list[int]]]:
-    """The adapter file of `folder` and its tensors' shapes, from the safetensors header only."""
+def read_adapter_header(folder: str | Path) -> tuple[Path, dict[str, list[int]], dict[str, str]]:
+    """The adapter file of `folder`, its tensors' shapes and its metadata, from the safetensors
+    header only."""
     from safetensors import safe_open
 
     folder = Path(folder)
@@ -106,12 +108,13 @@ def read_adapter_header(folder: str | Path) -> tuple[Path, dict[str, list[int]]]
     try:
         with safe_open(str(path), framework="pt") as handle:
             shapes = {k: list(handle.get_slice(k).get_shape()) for k in handle.keys()}
+            metadata = handle.metadata() or {}
     except Exception:  # noqa: BLE001 - any parse failure means a damaged file
         raise MituneError(f"adapter file {path} is corrupted or truncated (not a safetensors "
                           "file); export or copy the adapter again") from None
     if not shapes:
         raise MituneError(f"adapter file {path} holds no tensors; export the adapter again")
-    return path, shapes
+    return path, shapes, metadata
 
 
 def check_adapter(folder: str | Path, fam: Family, *, rank: int | None = None,
@@ -127,7 +130,7 @@ def check_adapter(folder: str | Path, fam: Family, *, rank: int | None = None,
         MituneError: adapter /runs/.../pytorch_lora_weights.safetensors holds SD-2.1 / SD-XL (unet)
         keys ('unet.down_blocks...'), but a sd3 model needs 'transformer.' keys; ...
     """
-    path, shapes = read_adapter_header(folder)
+    path, shapes, metadata = read_adapter_header(folder)
     prefix = fam.denoiser
     foreign = sorted(k for k in shapes if not k.startswith(prefix + "."))
     if foreign:
@@ -157,7 +160,17 @@ def check_adapter(folder: str | Path, fam: Family, *, rank: int | None = None,
     sizes = {name: (p["down"][1], p["up"][0]) for name, p in layers.items()}
     if model is not None:
         _check_layers(path, fam, sizes, model)
-    return AdapterInfo(path, found, any("magnitude" in p for p in layers.values()), sizes)
+    return AdapterInfo(path, found, _recorded_alpha(metadata, prefix),
+                       any("magnitude" in p for p in layers.values()), sizes)
+
+
+def _recorded_alpha(metadata: dict[str, str], prefix: str) -> float | None:
+    # diffusers stores the LoraConfig as JSON with keys prefixed by the component's name.
+    try:
+        config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return config.get(f"{prefix}.lora_alpha")
 
 
 def _check_layers(path: Path, fam: Family, sizes: dict[str, tuple[int, int]], model) -> None:
@@ -197,7 +210,7 @@ def load_adapter_weights(net: torch.nn.Module, fam: Family, folder: str | Path) 
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path, _ = read_adapter_header(folder)
+    path, _, _ = read_adapter_header(folder)
     raw = load_file(str(path))
     state = convert_unet_state_dict_to_peft(
         {k[len(fam.denoiser) + 1:]: v for k, v in raw.items()})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -48,7 +49,7 @@ RESULT_REL = "adapter/train_result.json"
 INPUTS_REL = "train/inputs.json"
 ADAPTERS_REL = "train/adapters"
 CHECKPOINTS_KEPT = 2  # DeepSpeed states kept in storage: the latest, and one in case it is bad
-TEST_HOOKS_ENV = "MITUNE_TRAIN_TEST_HOOKS"  # JSON: fail_once_at_step, fail_marker, deepspeed
+TEST_HOOKS_ENV = "MITUNE_TRAIN_TEST_HOOKS"  # tests only; JSON: deepspeed, fail_once_at_steps, fail_marker_dir
 EXECUTION_ONLY = ("max_failures",)  # train.* keys a resumed run may change
 
 
@@ -70,7 +71,7 @@ class TrainResult:
     checkpoints: tuple[CheckpointScore, ...]
     exported_step: int
     export_reason: str
-    samples_per_s: float  # training throughput of the last attempt, all workers
+    samples_per_s: float  # training throughput of all workers (checkpoint time excluded)
     resumed_from: int  # optimizer step the last attempt started from (0: from scratch)
 
     def to_dict(self) -> dict:
@@ -111,15 +112,7 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
     """
     train = cfg.train
     prompts = tuple(validation_prompts)[: train.validation_prompts]
-    inputs = {
-        "run_name": run_name, "model_path": model_path, "family": cfg.model.family,
-        "resolution": cfg.model.resolution, "selected": sorted(selected),
-        "init_adapter": init_adapter, "base_adapters": list(base_adapters),
-        "train": {k: v for k, v in train.model_dump(mode="json").items() if k not in EXECUTION_ONLY},
-        "validation_prompts": [p.prompt_id for p in prompts],
-        "validation_sampling": {"generate": cfg.generate.model_dump(mode="json"),
-                                "mi": cfg.mi.model_dump(mode="json")} if prompts else None,
-    }
+    inputs = _inputs(cfg, model_path, selected, run_name, init_adapter, base_adapters, prompts)
     stored = _stored_inputs(out, inputs)
     if stored is not None and out.exists(RESULT_REL):
         result = TrainResult.from_dict(out.read_json(RESULT_REL))
@@ -127,10 +120,10 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
             f"{out.child_uri(result.adapter)}")
         return result
 
+    # Everything that can be wrong with the inputs fails here, before a worker starts.
     folder = resolve_model_path(model_path, endpoint_url=cfg.storage.endpoint_url)
     fam = resolve_family(cfg.model.family, folder)
     schedule = resolve_schedule(train, fam)
-    # Everything that can be wrong with the inputs, before a worker starts.
     sel = open_selected(list(selected), fam, endpoint_url=cfg.storage.endpoint_url,
                         region=cfg.storage.region)
     shapes = model_shapes(folder, fam, cfg.model.resolution)
@@ -143,14 +136,7 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
     if stored is None:
         out.write_json(INPUTS_REL, inputs)
 
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address,
-                 num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None)
-    use_gpu = train.use_gpu if train.use_gpu is not None else (
-        ray.cluster_resources().get("GPU", 0) > 0)
-    _warn_if_no_cpu_for_reads(train, log)
+    use_gpu = _connect(cfg, log)
     hooks = json.loads(os.environ.get(TEST_HOOKS_ENV, "{}"))
     spec = LoopSpec(
         model_path=model_path, family=fam.name, resolution=cfg.model.resolution,
@@ -159,13 +145,29 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
         vae_factor=shapes.vae_factor, out=out, adapters_rel=ADAPTERS_REL,
         fixed_batch=fixed_batch(sel, train.batch_size), init_adapter=init_adapter,
         base_adapters=tuple(base_adapters), validation_prompts=prompts,
-        deepspeed_extra=hooks.get("deepspeed", {}), fail_once_at_step=hooks.get("fail_once_at_step"),
-        fail_marker=hooks.get("fail_marker"))
+        deepspeed_extra=hooks.get("deepspeed", {}),
+        fail_once_at_steps=tuple(hooks.get("fail_once_at_steps", ())),
+        fail_marker_dir=hooks.get("fail_marker_dir"))
     log(f"training a rank-{train.rank} DoRA adapter of {model_path} on {sel.rows} rows: "
         f"{schedule.steps} steps of {train.workers} x {train.batch_size} x {schedule.grad_accum} "
         f"samples, lr {schedule.lr:g}, ZeRO-{train.zero_stage}, {'GPU' if use_gpu else 'CPU'}")
     summary = _fit(spec, make_dataset(sel), run_name, out, use_gpu)
     return _finish(out, summary, log)
+
+
+def _inputs(cfg: Config, model_path, selected, run_name, init_adapter, base_adapters,
+            prompts) -> dict:
+    """What determines this training's result: stored with the first attempt, compared later."""
+    return {
+        "run_name": run_name, "model_path": model_path, "family": cfg.model.family,
+        "resolution": cfg.model.resolution, "selected": sorted(selected),
+        "init_adapter": init_adapter, "base_adapters": list(base_adapters),
+        "train": {k: v for k, v in cfg.train.model_dump(mode="json").items()
+                  if k not in EXECUTION_ONLY},
+        "validation_prompts": [p.prompt_id for p in prompts],
+        "validation_sampling": {"generate": cfg.generate.model_dump(mode="json"),
+                                "mi": cfg.mi.model_dump(mode="json")} if prompts else None,
+    }
 
 
 def _stored_inputs(out: Store, inputs: dict) -> dict | None:
@@ -211,17 +213,29 @@ def _check_adapters(cfg: Config, fam, folder, init_adapter, base_adapters) -> No
             if not info.dora:
                 raise MituneError(f"init adapter {init_adapter} is plain LoRA (no "
                                   "lora_magnitude_vector keys); continue from a DoRA adapter")
+            alpha = cfg.train.alpha or cfg.train.rank
+            if info.alpha is not None and info.alpha != alpha:
+                raise MituneError(f"init adapter {init_adapter} was trained with alpha "
+                                  f"{info.alpha:g} but train.alpha resolves to {alpha}; set "
+                                  f"train.alpha={info.alpha:g} to continue it unchanged")
 
 
-def _warn_if_no_cpu_for_reads(train, log) -> None:
+def _connect(cfg: Config, log) -> bool:
+    """Join (or start) the Ray cluster; whether training uses GPUs."""
     import ray
 
-    total = ray.cluster_resources().get("CPU", 0)
-    free = total - train.workers * train.cpus_per_worker
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address,
+                 num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None)
+    resources = ray.cluster_resources()
+    train = cfg.train
+    free = resources.get("CPU", 0) - train.workers * train.cpus_per_worker
     if free < 1:
         log(f"warning: train.workers={train.workers} x train.cpus_per_worker="
-            f"{train.cpus_per_worker} leaves {free:g} of the cluster's {total:g} CPUs for "
-            "reading the selected set; Ray Data may wait forever: lower train.cpus_per_worker")
+            f"{train.cpus_per_worker} leaves {free:g} of the cluster's {resources.get('CPU', 0):g} "
+            "CPUs for reading the selected set; Ray Data may wait forever: lower "
+            "train.cpus_per_worker")
+    return train.use_gpu if train.use_gpu is not None else resources.get("GPU", 0) > 0
 
 
 def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> dict:
@@ -255,19 +269,27 @@ def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> d
     return result.return_value
 
 
+_REMOTE_USER_ERROR = re.compile(r"mitune_ray\.errors\.MituneError: (.+)")
+
+
 def _find_user_error(exc: BaseException) -> str | None:
-    """The one-line message of a MituneError raised on a worker, if that is what failed."""
+    """The one-line message of a MituneError raised on a worker, if that is what failed.
+
+    Worker and Ray Data task errors reach the driver wrapped, some only as traceback text, so
+    the message is looked for in the text of every exception of the chain."""
     seen, todo = set(), [exc]
     while todo:
-        err = todo.pop()
+        err = todo.pop(0)
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
-        if isinstance(err, MituneError):
-            cause = getattr(err, "cause", None)  # Ray's wrapper of a remote exception
-            return str(cause if isinstance(cause, MituneError) else err.args[0])
+        if type(err) is MituneError:
+            return str(err)
+        found = _REMOTE_USER_ERROR.search(str(err))
+        if found:
+            return found.group(1).strip()
         todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
-        todo += list(getattr(err, "worker_failures", {}).values())
+        todo += list((getattr(err, "worker_failures", None) or {}).values())
     return None
 
 

@@ -170,9 +170,11 @@ def fixed_batch(sel: SelectedSet, size: int) -> dict[str, np.ndarray]:
     return decode_rows(rows, where=f"selected set {sel.uris[0]}")
 
 
-def decode_rows(blobs: list[bytes], *, where: str) -> dict[str, np.ndarray]:
+def decode_rows(blobs: list[bytes], *, where: str, ids: list[str] | None = None
+                ) -> dict[str, np.ndarray]:
     """Safetensors blobs -> stacked float32 arrays `latent`, `embeds` (and `pooled`)."""
-    decoded = [unpack_tensors(b, where=f"a row of {where}") for b in blobs]
+    names = [f"the row of prompt {i!r} in {where}" for i in ids] if ids else [f"a row of {where}"] * len(blobs)
+    decoded = [unpack_tensors(b, where=name) for b, name in zip(blobs, names)]
     out = {}
     for key in ("latent", "embeds", "pooled"):
         if key not in decoded[0]:
@@ -186,7 +188,8 @@ def decode_rows(blobs: list[bytes], *, where: str) -> dict[str, np.ndarray]:
 
 
 def _decode_batch(batch: pa.Table) -> dict[str, np.ndarray]:
-    return decode_rows(batch.column("tensors").to_pylist(), where="the selected set")
+    return decode_rows(batch.column("tensors").to_pylist(), where="the selected set",
+                       ids=batch.column("prompt_id").to_pylist())
 
 
 def make_dataset(sel: SelectedSet):
@@ -194,7 +197,7 @@ def make_dataset(sel: SelectedSet):
     import ray.data
 
     ds = ray.data.read_parquet(list(sel.paths), filesystem=sel.store.filesystem,
-                               columns=["tensors"])
+                               columns=["prompt_id", "tensors"])
     # Shards are a handful of rows each: shuffling their order gives each epoch a new order at
     # no cost; a local shuffle buffer in the loop mixes rows across neighbouring shards.
     return ds.randomize_block_order().map_batches(_decode_batch, batch_format="pyarrow",

@@ -22,6 +22,7 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -57,8 +58,10 @@ class LoopSpec:
     base_adapters: tuple[str, ...] = ()
     validation_prompts: tuple[Prompt, ...] = ()
     deepspeed_extra: dict = field(default_factory=dict)  # test hook: config overrides
-    fail_once_at_step: int | None = None  # test hook: raise once after this optimizer step...
-    fail_marker: str | None = None  # ...unless this file exists (then create it and raise)
+    # Test hook: after each of these optimizer steps (and its checkpoint, if any), raise once,
+    # remembered by a marker file `failed-at-<step>` in `fail_marker_dir`.
+    fail_once_at_steps: tuple[int, ...] = ()
+    fail_marker_dir: str | None = None
 
 
 def step_dir(step: int) -> str:
@@ -120,7 +123,7 @@ class _Worker:
         net.add_adapter(dora_config(fam, spec.train))
         if spec.init_adapter:
             load_adapter_weights(net, fam, self._local(spec.init_adapter))
-        for name, component in pipe.components.items():
+        for component in pipe.components.values():
             if isinstance(component, torch.nn.Module) and component is not net:
                 component.to("meta")  # free the weights, keep the configs the sampler reads
         if spec.train.gradient_checkpointing:
@@ -175,6 +178,7 @@ class _Worker:
             raise RuntimeError(f"Ray Train's checkpoint {checkpoint.path} holds no DeepSpeed state")
         state = client["mitune"]
         self.history, self.initial_loss = state["history"], state["initial_loss"]
+        self.samples, self.train_seconds = state["samples"], state["train_seconds"]
         self.resumed_from = self.engine.global_steps
         self.log(f"resumed from the checkpoint at step {self.resumed_from}")
 
@@ -196,10 +200,10 @@ class _Worker:
         epoch = 0
         micro, window_loss, window_start = 0, torch.zeros((), device=self.device), time.perf_counter()
         while self.step < total:
+            shuffle_seed = derive_seed("shuffle", spec.train.seed, self.rank, epoch, self.step)
             batches = shard.iter_torch_batches(
                 batch_size=spec.train.batch_size, drop_last=True, dtypes=torch.float32,
-                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
-                local_shuffle_seed=derive_seed("shuffle", spec.train.seed, self.rank, epoch, self.step) % 2**31)
+                local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=shuffle_seed % 2**31)
             seen = 0
             for batch in self._lockstep(batches):
                 seen += 1
@@ -254,11 +258,12 @@ class _Worker:
 
     def _maybe_fail(self) -> None:
         spec = self.spec
-        if spec.fail_once_at_step != self.step or spec.fail_marker is None:
+        if self.step not in spec.fail_once_at_steps or spec.fail_marker_dir is None:
             return
-        if not os.path.exists(spec.fail_marker):
-            with open(spec.fail_marker, "w") as f:
-                f.write(str(self.step))
+        marker = os.path.join(spec.fail_marker_dir, f"failed-at-{self.step}")
+        if self.rank == 0 and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(str(self.resumed_from))
             raise RuntimeError(f"injected failure after step {self.step} (test hook)")
 
     # -- evaluation and checkpoints -------------------------------------------------------------
@@ -266,7 +271,7 @@ class _Worker:
     @torch.no_grad()
     def fixed_loss(self) -> float:
         """The loss of the fixed batch with fixed draws (every rank: ZeRO-3 forwards are collective)."""
-        batch = {k: torch.from_numpy(v) for k, v in self.spec.fixed_batch.items()}
+        batch = {k: torch.tensor(v) for k, v in self.spec.fixed_batch.items()}
         generator = torch.Generator().manual_seed(derive_seed("fixed", self.spec.train.seed))
         return float(self.loss(self.engine, batch, generator))
 
@@ -323,7 +328,8 @@ class _Worker:
                  + ("" if mi is None else f", validation MI {mi:.4f}"))
         self.export(f"{self.spec.adapters_rel}/{step_dir(self.step)}")
         with tempfile.TemporaryDirectory(prefix="mitune-ckpt-") as tmp:
-            state = {"history": self.history, "initial_loss": self.initial_loss}
+            state = {"history": self.history, "initial_loss": self.initial_loss,
+                     "samples": self.samples, "train_seconds": self.train_seconds}
             self.engine.save_checkpoint(tmp, client_state={"mitune": state},
                                         exclude_frozen_parameters=True)
             ray.train.report(self.metrics(), checkpoint=Checkpoint.from_directory(tmp),
