@@ -9,6 +9,7 @@ of the same command then succeeds). Unset in normal use: every check is then one
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def _fire_once(tag: str) -> bool:
     folder = Path(os.environ.get(DIR_ENV, "/tmp/mitune-faults"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        (folder / tag).open("x").close()
+        (folder / re.sub(r"[^A-Za-z0-9_.-]", "_", tag)).open("x").close()
         return True
     except FileExistsError:
         return False
