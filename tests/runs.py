@@ -25,7 +25,7 @@ def tiny_run_config(tmp: Path, uri: str, *, rounds: int = 2, **sections) -> Path
     prompts = tmp / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     eval_prompts = tmp / "eval_prompts.txt"
-    eval_prompts.write_text("a green cube\na red ball\n")
+    eval_prompts.write_text("a green square\na red circle to the left of a blue triangle\n")
     cfg = {
         "run": {"uri": uri, "rounds": rounds},
         "model": {"path": "tiny:sd"},

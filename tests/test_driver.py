@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,7 +69,16 @@ def ray_head(tmp_path):
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                     f"--temp-dir={temp}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
-    yield f"http://127.0.0.1:{dash}", env
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while True:  # the job API answers a little after `ray start` returns
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(1)
+    yield address, env
     subprocess.run([ray_bin, "stop", "--force"], env=dict(env, RAY_ADDRESS=f"127.0.0.1:{port}"),
                    capture_output=True, timeout=120)
 
@@ -76,15 +86,27 @@ def ray_head(tmp_path):
 def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ray_head):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    from mitune_ray.eval.tiny import save_tiny_blip_vqa, save_tiny_clip
+    from tests.runs import PROMPTS
+
     address, env = ray_head
     run_dir = tmp_path / "run"
-    config = tiny_run_config(tmp_path, str(run_dir), rounds=1)
+    words = {w for p in PROMPTS + ["a green square", "a red circle to the left of a blue triangle"]
+             for w in p.split()}
+    blip = save_tiny_blip_vqa(tmp_path / "blip", words=words)
+    clip = save_tiny_clip(tmp_path / "clip")
+    hps = save_tiny_clip(tmp_path / "hps", seed=1)
+    config = tiny_run_config(
+        tmp_path, str(run_dir), rounds=1, run={"evaluate": True},
+        eval={"metrics": ["mi", "shapes", "blip_vqa", "clip_score", "hps"],
+              "blip_path": str(blip), "clip_path": str(clip), "hps_path": str(hps)})
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     submission = "mitune-job-test"
-    subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id", submission,
-                    "--no-wait", "--entrypoint-num-cpus", "0", "--",
-                    sys.executable, "-m", "mitune_ray.cli", "run", str(config)],
-                   env=env, check=True, capture_output=True, timeout=120)
+    submit = subprocess.run([ray_bin, "job", "submit", "--address", address, "--submission-id",
+                             submission, "--no-wait", "--entrypoint-num-cpus", "0", "--",
+                             sys.executable, "-m", "mitune_ray.cli", "run", str(config)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
     client = JobSubmissionClient(address)
     deadline = time.monotonic() + 900
     status = client.get_job_status(submission)
@@ -122,3 +144,21 @@ def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ra
     status = subprocess.run([sys.executable, "-m", "mitune_ray.cli", "status", str(run_dir)],
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "round-001/train" in status.stdout
+
+    # Evaluation ran with every metric, base and tuned on the same prompts and seeds.
+    base = manifest["stages"]["eval-base/evaluate"]["summary"]
+    tuned = manifest["stages"]["round-001/evaluate"]["summary"]
+    for summary in (base, tuned):
+        assert summary["prompts"] == 2 and summary["images"] == 2
+        assert set(summary["metrics"]) == {"mi", "shapes_correct", "shapes_fraction", "blip_vqa",
+                                           "clip_score", "hps"}
+        assert 0.0 <= summary["metrics"]["blip_vqa"] <= 1.0
+    seeds = [pq.read_table(str(run_dir / v / "eval" / "scores.parquet")).column("seed").to_pylist()
+             for v in ("eval-base", "round-001")]
+    assert seeds[0] == seeds[1]
+    report = subprocess.run([sys.executable, "-m", "mitune_ray.cli", "report", str(run_dir)],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    html = (run_dir / "report" / "index.html").read_text()
+    assert "blip_vqa" in html and "<svg" in html
+    assert len(list((run_dir / "report" / "images").glob("*.png"))) >= 4
