@@ -12,6 +12,7 @@ one-line errors; rows past the first are checked as they are decoded, on the wor
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store, is_s3
 
 REQUIRED_COLUMNS = ("prompt_id", "family", "tensors")
+FOOTER_READERS = 16  # concurrent footer reads: many small S3 shards are latency-bound
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,10 @@ def open_selected(uris: list[str], fam: Family, *, endpoint_url: str | None = No
     store = _store_for(uris, endpoint_url, region)
     fs = store.filesystem
     paths = [_path(u) for u in uris]
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:
+        footers = list(pool.map(lambda up: _footer(fs, *up), zip(uris, paths)))
     rows, shapes = 0, None
-    for uri, path in zip(uris, paths):
-        try:
-            if fs.get_file_info(path).type != pafs.FileType.File:
-                raise MituneError(f"selected shard {uri} does not exist; regenerate that round")
-            with fs.open_input_file(path) as f:
-                meta = pq.ParquetFile(f).metadata
-        except (pa.ArrowInvalid, OSError) as exc:
-            if _unreadable_store(str(exc)):
-                raise MituneError(f"cannot read selected shard {uri}: {str(exc).splitlines()[0]}; "
-                                  "check the store and its credentials") from None
-            raise MituneError(f"selected shard {uri} is not a parquet file (damaged or "
-                              "truncated); regenerate that round") from None
+    for uri, path, meta in zip(uris, paths, footers):
         names = set(meta.schema.names)
         missing = [c for c in REQUIRED_COLUMNS if c not in names]
         if missing:
@@ -99,6 +92,20 @@ def open_selected(uris: list[str], fam: Family, *, endpoint_url: str | None = No
         raise MituneError(f"the selected set has no rows ({len(uris)} shard(s), first {uris[0]}); "
                           "generation kept nothing: check its output before training")
     return SelectedSet(tuple(uris), store, tuple(paths), rows, shapes)
+
+
+def _footer(fs: pafs.FileSystem, uri: str, path: str) -> pq.FileMetaData:
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise MituneError(f"selected shard {uri} does not exist; regenerate that round")
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        if _unreadable_store(str(exc)):
+            raise MituneError(f"cannot read selected shard {uri}: {str(exc).splitlines()[0]}; "
+                              "check the store and its credentials") from None
+        raise MituneError(f"selected shard {uri} is not a parquet file (damaged or "
+                          "truncated); regenerate that round") from None
 
 
 def _unreadable_store(message: str) -> bool:

@@ -34,6 +34,7 @@ from mitune_ray.training.engine import Schedule
 
 _logger = logging.getLogger(__name__)
 SHUFFLE_BUFFER_ROWS = 256  # rows mixed across neighbouring shards (a shard holds ~8 rows)
+FAULT_SETTLE_S = 5.0  # test hook: > 2 polls of Ray Train's controller (one per 2 s)
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,13 @@ class _Worker:
         if self.step not in spec.fail_once_at_steps or spec.fail_marker_dir is None:
             return
         marker = os.path.join(spec.fail_marker_dir, f"failed-at-{self.step}")
-        if self.rank == 0 and not os.path.exists(marker):
+        pending = not os.path.exists(marker)  # read by every rank before rank 0 writes it
+        # Ray Train registers a checkpoint once every rank's report of it is in and the
+        # controller has polled them (every 2 s): fail only after that, as a real crash a
+        # step later would, so that the test's expectations do not depend on timing.
+        dist.barrier()
+        if pending and self.rank == 0:
+            time.sleep(FAULT_SETTLE_S)
             with open(marker, "w") as f:
                 f.write(str(self.resumed_from))
             raise RuntimeError(f"injected failure after step {self.step} (test hook)")
