@@ -129,9 +129,10 @@ def score_images(cfg: Config, images: str, out: str, *, log=print) -> ScoreSumma
     from mitune_ray.records import to_parquet_bytes
     from mitune_ray.runtime import cluster_has_gpus, ensure_ray
 
-    ensure_ray(cfg.ray)
     if os.path.isdir(images) and os.path.isfile(os.path.join(images, "metadata.jsonl")):
-        ds = ray.data.from_items(_folder_items(images))
+        items = _folder_items(images)  # validated before Ray starts
+        ensure_ray(cfg.ray)
+        ds = ray.data.from_items(items)
     else:
         store = Store(images, endpoint_url=cfg.storage.endpoint_url)
         try:
@@ -144,6 +145,7 @@ def score_images(cfg: Config, images: str, out: str, *, log=print) -> ScoreSumma
             raise MituneError(f"{images} needs a 'prompt' and an 'image' (or 'png') column; it has "
                               f"{', '.join(schema.names)}")
         name = next((c for c in ("file_name", "image_name", "id") if c in schema.names), None)
+        ensure_ray(cfg.ray)
         ds = ray.data.read_parquet(store.path(), filesystem=store.filesystem,
                                    columns=["prompt", column] + ([name] if name else []),
                                    include_paths=name is None)
