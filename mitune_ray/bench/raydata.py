@@ -53,8 +53,8 @@ def compare(model: str, texts: list[str], gen: GenerateSection, *, actors: list[
     source.write_text("\n".join(texts) + "\n", encoding="utf-8")
     store = Store(str(tmp / "corpus"))
     report = prepare_corpus([str(source)], store, settings=PromptsSection(val_fraction=0.0))
-    # Two batches per actor of the largest pool: each actor has a steady-state batch.
-    per_batch = max(1, len(texts) // (2 * max(actors)))
+    # Four batches per actor of the largest pool: three in each actor's steady state.
+    per_batch = max(1, len(texts) // (4 * max(actors)))
 
     t0 = time.perf_counter()
     pipe, fam, device, dtype = load_model(spec)
