@@ -132,12 +132,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from mitune_ray.bench import main as bench_main
-
-    return bench_main(args.rest)
-
-
 def cmd_shapes(args) -> int:
     from mitune_ray.shapes.cli import main as shapes_main
 
@@ -182,9 +176,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_uri")
     p.add_argument("--out", default=None, help="folder (default: <run>/report)")
     p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("bench", help="throughput benchmarks", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_bench)
+    sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
     p = sub.add_parser("shapes", help="ShapesWorld: train the bundled model, or benchmark MI-TUNE")
     p.add_argument("action", choices=["train", "bench"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -193,8 +185,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["bench"]:  # its own flags, which argparse's REMAINDER would not pass on
+            from mitune_ray.bench import main as bench_main
+
+            return bench_main(argv[1:])
+        args = parser().parse_args(argv)
         return args.fn(args)
     except MituneError as err:
         print(f"mitune: error: {err}", file=sys.stderr)

@@ -89,6 +89,10 @@ class GenerateSection(Section):
     cpus_per_actor: float = Field(1.0, gt=0.0)  # fractional on small CPU clusters (reads need CPU)
     seed: int = 0  # base of every candidate's seed
     gallery_prompts: int = Field(4, ge=0)  # prompts whose every candidate is kept for reports
+    # Throughput levers (see `mitune bench`): measured one at a time, off unless they pay.
+    compile: bool = False  # torch.compile the denoiser (warm-up per batch size, cache per node)
+    fuse_qkv: bool = False  # one matmul for Q, K and V (after adapters are fused)
+    channels_last: bool = False  # NHWC convolutions (UNets)
     prune: PruneSection = Field(default_factory=PruneSection)
 
     @model_validator(mode="after")

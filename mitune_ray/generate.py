@@ -112,6 +112,14 @@ class GenerateUDF:
         from mitune_ray.sampling import CandidateSampler
 
         pipe, fam, device, dtype = load_model(model)
+        if gen.compile or gen.fuse_qkv or gen.channels_last:
+            from mitune_ray.families import denoiser
+            from mitune_ray.levers import Levers, optimize
+
+            optimize(denoiser(pipe, fam), Levers(
+                dtype=dtype, compile=gen.compile, fuse_qkv=gen.fuse_qkv,
+                channels_last=gen.channels_last,
+                compile_cache_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mitune-inductor")))
         self.family = fam.name
         self.sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype,
                                         resolution=model.resolution)

@@ -15,7 +15,7 @@ from mitune_ray.bench.flops import count_flops, forward_flops
 from mitune_ray.bench.generation import (
     Workload, make_sampler, reference_style, time_generation,
 )
-from mitune_ray.bench.levers import Levers, optimize
+from mitune_ray.levers import Levers, optimize
 from mitune_ray.bench.report import Recorder
 from mitune_ray.errors import MituneError
 

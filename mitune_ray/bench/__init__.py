@@ -25,7 +25,7 @@ SUITE_BUDGET_S = 360.0  # the GPU suite, imports included, must end well inside 
 
 
 def parser() -> argparse.ArgumentParser:
-    from mitune_ray.bench.levers import COMPILE_MODES
+    from mitune_ray.levers import COMPILE_MODES
 
     p = argparse.ArgumentParser(prog="mitune bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
