@@ -1,0 +1,32 @@
+"""`mitune shapes train | bench`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def train_main(argv: list[str]) -> int:
+    from mitune_ray.shapes.train import train_shapes_model
+
+    parser = argparse.ArgumentParser(prog="mitune shapes train",
+                                     description="train the ShapesWorld model from scratch (CPU)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "shapes_model"),
+                        help="diffusers folder to write (default: the bundled model's place)")
+    parser.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed)
+    print(f"model written to {args.out}: {metrics}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    action, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if action == "train":
+        return train_main(rest)
+    if action == "bench":
+        from mitune_ray.shapes.bench import main as bench_main
+
+        return bench_main(rest)
+    raise SystemExit("usage: mitune shapes train|bench [--help]")

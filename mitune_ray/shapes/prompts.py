@@ -1,0 +1,162 @@
+"""ShapesWorld prompts: paraphrase templates, the exact parser back to facts, and the splits.
+
+Every template is a fixed English frame around object phrases ("a small red circle"), so
+`parse_prompt` recovers exactly the facts a prompt states (objects with colour, shape and, if
+stated, size; the relation of the first object to the second), whatever the template.
+
+Example:
+    >>> parse_prompt("a blue square with a red circle on its left")
+    Facts(objects=(ObjSpec(colour='red', shape='circle', size=None), ObjSpec(colour='blue', shape='square', size=None)), relation='left')
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+from dataclasses import dataclass
+
+from mitune_ray.errors import MituneError
+from mitune_ray.shapes.world import COLOURS, SHAPES, SIZES, Obj, Scene, random_scene
+
+P_STATE_SIZE = 0.5  # each object's size is stated in half the prompts: both forms get trained
+
+
+@dataclass(frozen=True)
+class ObjSpec:
+    """An object as a prompt states it; `size` is None when the prompt does not say."""
+
+    colour: str
+    shape: str
+    size: str | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a prompt states: 1 or 2 objects, and the relation of objects[0] to objects[1]."""
+
+    objects: tuple[ObjSpec, ...]
+    relation: str | None = None
+
+
+# Relation templates: {a} and {b} are object phrases; the relation is that of a to b.
+_RELATION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "left": ("{a} to the left of {b}", "{b} with {a} on its left"),
+    "right": ("{a} to the right of {b}", "{b} with {a} on its right"),
+    "above": ("{a} above {b}", "{b} with {a} above it"),
+    "below": ("{a} below {b}", "{b} with {a} below it"),
+}
+_AND_TEMPLATES = ("{a} and {b}", "a picture of {a} and {b}")
+_SINGLE_TEMPLATES = ("{a}", "a picture of {a}", "{a} on a white background")
+
+def _object_pattern(name: str) -> str:
+    return (rf"an? (?:(?P<{name}_size>{'|'.join(SIZES)}) )?(?P<{name}_colour>{'|'.join(COLOURS)}) "
+            rf"(?P<{name}_shape>{'|'.join(SHAPES)})")
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template)
+    pattern = pattern.replace(re.escape("{a}"), _object_pattern("a"))
+    pattern = pattern.replace(re.escape("{b}"), _object_pattern("b"))
+    return re.compile(pattern)
+
+
+def templates() -> list[tuple[str, str | None]]:
+    """Every prompt template with the relation it states ({a} is <relation> {b}).
+
+    Example:
+        >>> templates()[1]
+        ('{b} with {a} on its left', 'left')
+    """
+    return [(t, rel) for rel, ts in _RELATION_TEMPLATES.items() for t in ts] + [
+        (t, None) for t in _AND_TEMPLATES + _SINGLE_TEMPLATES]
+
+
+@functools.lru_cache(maxsize=1)
+def _parsers() -> list[tuple[re.Pattern[str], str | None]]:
+    return [(_template_regex(t), relation) for t, relation in templates()]
+
+
+def parse_prompt(prompt: str) -> Facts:
+    """The facts a ShapesWorld prompt states; a `MituneError` if it is not a ShapesWorld prompt.
+
+    Example:
+        >>> parse_prompt("a small green triangle").objects[0]
+        ObjSpec(colour='green', shape='triangle', size='small')
+    """
+    text = " ".join(prompt.lower().split())
+    for regex, relation in _parsers():
+        match = regex.fullmatch(text)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        names = ["a", "b"] if "b_colour" in groups else ["a"]
+        objects = tuple(ObjSpec(groups[f"{n}_colour"], groups[f"{n}_shape"], groups[f"{n}_size"])
+                        for n in names)
+        return Facts(objects, relation)
+    raise MituneError(f"prompt {prompt!r} is not a ShapesWorld prompt; write it like "
+                      "'a red circle to the left of a blue square' (see shapes.prompts.templates())")
+
+
+def _phrase(obj: Obj, state_size: bool) -> str:
+    words = ([obj.size] if state_size else []) + [obj.colour, obj.shape]
+    article = "an" if words[0][0] in "aeiou" else "a"
+    return " ".join([article] + words)
+
+
+def describe(scene: Scene, rng: random.Random, *, p_state_size: float = P_STATE_SIZE) -> str:
+    """A prompt for `scene`, with a template (and stated sizes) drawn from `rng`.
+
+    Example:
+        >>> from mitune_ray.shapes.world import Obj, Scene
+        >>> describe(Scene((Obj("orange", "circle"),)), random.Random(0), p_state_size=0.0)
+        'a picture of an orange circle'
+    """
+    phrases = [_phrase(o, rng.random() < p_state_size) for o in scene.objects]
+    if len(phrases) == 1:
+        template = rng.choice(_SINGLE_TEMPLATES)
+        return template.format(a=phrases[0])
+    pool = _AND_TEMPLATES if scene.relation is None else _RELATION_TEMPLATES[scene.relation]
+    return rng.choice(pool).format(a=phrases[0], b=phrases[1])
+
+
+def scene_facts(scene: Scene, prompt: str) -> Facts:
+    """The facts of `prompt`, checked to agree with `scene` (a guard for data generation)."""
+    facts = parse_prompt(prompt)
+    expected = tuple((o.colour, o.shape) for o in scene.objects)
+    if tuple((o.colour, o.shape) for o in facts.objects) != expected or (
+            facts.relation != scene.relation):
+        raise AssertionError(f"prompt {prompt!r} does not describe {scene}")
+    return facts
+
+
+def _prompts(n: int, seed: int, split: str) -> list[str]:
+    rng = random.Random(f"{split}:{seed}")
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n:
+        prompt = describe(random_scene(rng, split=split), rng)
+        if prompt not in seen:  # distinct prompts: each one is a separate evaluation item
+            seen.add(prompt)
+            out.append(prompt)
+    return out
+
+
+def train_prompts(n: int = 200, *, seed: int = 0) -> list[str]:
+    """`n` distinct prompts of the training split, deterministic in `seed`.
+
+    Example:
+        >>> train_prompts(2, seed=0) == train_prompts(2, seed=0)
+        True
+    """
+    return _prompts(n, seed, "train")
+
+
+def eval_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
+    """`n` distinct held-out prompts (combinations never shown in training), deterministic.
+
+    Example:
+        >>> len(eval_prompts(5))
+        5
+    """
+    return _prompts(n, seed, "eval")

@@ -1,0 +1,72 @@
+"""The training recipe end to end at smoke size, and the model's architecture."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mitune_ray.errors import MituneError
+from mitune_ray.shapes import model as arch
+from mitune_ray.shapes.train import TrainSettings, _lr_factor, train_shapes_model
+from mitune_ray.tokenizer import clip_tokenizer
+
+
+def test_smoke_training_writes_a_loadable_diffusers_folder(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "model"
+    lines: list[str] = []
+    metrics = train_shapes_model(str(out), minutes=0.5, seed=0, log=lines.append,
+                                 settings=TrainSettings.smoke())
+    assert metrics["vae_steps"] == 3 and metrics["unet_steps"] == 3
+    assert metrics["total_seconds"] < 60
+    assert any(line.startswith("saved the model") for line in lines)
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))  # safetensors only
+    assert len(list(out.rglob("*.safetensors"))) == 3
+
+    vae_config = json.loads((out / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(metrics["scaling_factor"], rel=1e-4)
+    scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["beta_schedule"], scheduler["beta_start"], scheduler["beta_end"]) == (
+        "scaled_linear", 0.00085, 0.012)
+    assert (scheduler["prediction_type"], scheduler["steps_offset"]) == ("epsilon", 1)
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    assert pipe.safety_checker is None and pipe.text_encoder.config.vocab_size == 49408
+    assert pipe.tokenizer("a red circle").input_ids == clip_tokenizer()("a red circle").input_ids
+    image = pipe("a red circle", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+    # Continuing from the folder keeps its frozen autoencoder and skips the VAE stage.
+    again = train_shapes_model(str(tmp_path / "more"), minutes=0.5, seed=1, log=lines.append,
+                               settings=TrainSettings.smoke(), init_from=str(out))
+    assert "vae_steps" not in again and again["unet_steps"] == 3
+    assert again["scaling_factor"] == pytest.approx(metrics["scaling_factor"], rel=1e-4)
+    vae_file = "vae/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "more" / vae_file).read_bytes() == (out / vae_file).read_bytes()
+
+
+def test_architecture_sizes_fit_the_budget():
+    unet, text, vae = arch.build_unet(), arch.build_text_encoder(), arch.build_vae()
+    total_mb = 4 * sum(arch.n_params(m) for m in (unet, text, vae)) / 2**20
+    assert total_mb < 30  # fp32 weights; the shipped folder adds ~2 MB of tokenizer files
+    z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert z.shape == (1, arch.LATENT_CHANNELS, arch.LATENT_SIZE, arch.LATENT_SIZE) == (1, 4, 8, 8)
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    assert _lr_factor(0.0, 0, 10) == pytest.approx(0.1)
+    assert _lr_factor(0.0, 10, 10) == pytest.approx(1.0)
+    assert _lr_factor(1.0, 5000, 10) == pytest.approx(0.1)
+    assert _lr_factor(2.0, 5000, 10) == pytest.approx(0.1)  # past a time cap: stays at the floor
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(MituneError, match="unet_steps=0"):
+        TrainSettings(unet_steps=0)
+    with pytest.raises(MituneError, match="minutes=0"):
+        train_shapes_model(str(tmp_path), minutes=0)

@@ -1,0 +1,100 @@
+"""ShapesWorld scenes, rendering, prompts and splits."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from mitune_ray.errors import MituneError
+from mitune_ray.shapes.prompts import (
+    Facts, ObjSpec, describe, eval_prompts, parse_prompt, scene_facts, templates, train_prompts,
+)
+from mitune_ray.shapes.world import (
+    BACKGROUND, HELD_OUT_PAIRS, IMAGE_SIZE, PALETTE, Obj, Scene, held_out_combos, is_held_out,
+    layout, random_scene, render,
+)
+
+
+def test_render_is_deterministic_and_seed_moves_objects():
+    scene = Scene((Obj("red", "circle", "large"), Obj("blue", "square", "small")), "left")
+    a, b, c = render(scene, 1), render(scene, 1), render(scene, 2)
+    assert a.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert tuple(a[0, 0]) == BACKGROUND  # corners stay background: objects keep a margin
+
+
+def test_render_draws_the_palette_colours():
+    image = render(Scene((Obj("green", "square", "large"),)), 0)
+    colours = {tuple(p) for p in image.reshape(-1, 3)}
+    assert PALETTE["green"] in colours and BACKGROUND in colours
+
+
+@pytest.mark.parametrize("relation", ["left", "right", "above", "below"])
+def test_layout_respects_relation(relation):
+    scene = Scene((Obj("red", "circle", "large"), Obj("blue", "square", "large")), relation)
+    for seed in range(30):
+        a, b = layout(scene, seed)
+        dx, dy = a.x - b.x, a.y - b.y
+        assert {"left": -dx, "right": dx, "above": -dy, "below": dy}[relation] > 0
+
+
+def test_bad_scenes_are_one_line_errors():
+    with pytest.raises(MituneError, match="unknown colour 'pink'"):
+        Obj("pink", "circle")
+    with pytest.raises(MituneError, match="different colours"):
+        Scene((Obj("red", "circle"), Obj("red", "square")))
+    with pytest.raises(MituneError, match="needs two objects"):
+        Scene((Obj("red", "circle"),), "left")
+
+
+@pytest.mark.parametrize(("template", "relation"), templates())
+def test_parser_inverts_every_template(template, relation):
+    prompt = template.format(a="a small orange triangle", b="a blue circle")
+    facts = parse_prompt(prompt)
+    small_orange_triangle, blue_circle = ObjSpec("orange", "triangle", "small"), ObjSpec("blue", "circle")
+    two = "{b}" in template
+    assert facts == Facts((small_orange_triangle, blue_circle) if two else (small_orange_triangle,),
+                          relation)
+
+
+def test_parser_examples_and_normalisation():
+    assert parse_prompt("A blue square with a red circle on its left") == Facts(
+        (ObjSpec("red", "circle"), ObjSpec("blue", "square")), "left")
+    assert parse_prompt("  an orange circle  ") == Facts((ObjSpec("orange", "circle"),))
+    with pytest.raises(MituneError, match="not a ShapesWorld prompt"):
+        parse_prompt("a cat on a mat")
+
+
+def test_describe_round_trips_through_the_parser():
+    rng = random.Random(0)
+    for _ in range(500):
+        scene = random_scene(rng, split=rng.choice(["train", "eval"]))
+        prompt = describe(scene, rng)
+        facts = scene_facts(scene, prompt)  # raises if the prompt misstates the scene
+        for spec, obj in zip(facts.objects, scene.objects):
+            assert spec.size in (None, obj.size)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    train, held = train_prompts(300, seed=0), eval_prompts(100, seed=0)
+    assert train == train_prompts(300, seed=0) and held == eval_prompts(100, seed=0)
+    assert len(set(train)) == 300 and len(set(held)) == 100
+    assert not set(train) & set(held)
+    for prompt in train:
+        pairs = {(o.colour, o.shape) for o in parse_prompt(prompt).objects}
+        assert not pairs & HELD_OUT_PAIRS
+        assert len(pairs) == 1 or frozenset(pairs) not in held_out_combos()
+    for prompt in held:
+        facts = parse_prompt(prompt)
+        scene = Scene(tuple(Obj(o.colour, o.shape) for o in facts.objects), facts.relation)
+        assert is_held_out(scene)
+
+
+def test_held_out_split_covers_every_colour_and_shape_in_training():
+    rng = random.Random(0)
+    seen = {(o.colour, o.shape) for _ in range(2000) for o in random_scene(rng).objects}
+    assert seen.isdisjoint(HELD_OUT_PAIRS)
+    assert {c for c, _ in seen} == set(PALETTE) and len({s for _, s in seen}) == 3
