@@ -132,12 +132,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_shapes(args) -> int:
-    from mitune_ray.shapes.cli import main as shapes_main
-
-    return shapes_main([args.action, *args.rest])
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mitune", description="MI-TUNE on Ray: self-supervised "
                                   "text-to-image alignment by point-wise mutual information.")
@@ -177,20 +171,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder (default: <run>/report)")
     p.set_defaults(fn=cmd_report)
     sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
-    p = sub.add_parser("shapes", help="ShapesWorld: train the bundled model, or benchmark MI-TUNE")
-    p.add_argument("action", choices=["train", "bench"])
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_shapes)
+    sub.add_parser("shapes", add_help=False,
+                   help="ShapesWorld: train the bundled model, or benchmark MI-TUNE (train|bench)")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["bench"]:  # its own flags, which argparse's REMAINDER would not pass on
+        if argv[:1] == ["bench"]:  # own flags, which argparse's REMAINDER would not pass on
             from mitune_ray.bench import main as bench_main
 
             return bench_main(argv[1:])
+        if argv[:1] == ["shapes"]:
+            from mitune_ray.shapes.cli import main as shapes_main
+
+            return shapes_main(argv[1:])
         args = parser().parse_args(argv)
         return args.fn(args)
     except MituneError as err:

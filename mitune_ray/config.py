@@ -89,6 +89,9 @@ class GenerateSection(Section):
     cpus_per_actor: float = Field(1.0, gt=0.0)  # fractional on small CPU clusters (reads need CPU)
     seed: int = 0  # base of every candidate's seed
     gallery_prompts: int = Field(4, ge=0)  # prompts whose every candidate is kept for reports
+    # What ranks the candidates: MI (MI-TUNE), or the controls of the ShapesWorld benchmark:
+    # random (a seeded draw) and checker (the exact ShapesWorld checker: an oracle upper bound).
+    select_by: Literal["mi", "random", "checker"] = "mi"
     # Throughput levers (see `mitune bench`): measured one at a time, off unless they pay.
     compile: bool = False  # torch.compile the denoiser (warm-up per batch size, cache per node)
     fuse_qkv: bool = False  # one matmul for Q, K and V (after adapters are fused)

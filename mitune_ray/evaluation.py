@@ -118,6 +118,7 @@ def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
                                      filesystem=eval_store.filesystem).column("prompt_id").to_pylist())
     gen = cfg.generate.model_copy(update={"candidates": cfg.eval.candidates,
                                           "keep": cfg.eval.candidates, "gallery_prompts": 0,
+                                          "select_by": "mi",
                                           "prune": cfg.generate.prune.model_copy(update={"enabled": False})})
     out = recipe.store.child(f"{name}/eval")
     model = ModelSpec(cfg.model.path, recipe.family.name, cfg.model.dtype, cfg.model.resolution,

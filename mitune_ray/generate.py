@@ -121,8 +121,11 @@ class GenerateUDF:
                 channels_last=gen.channels_last,
                 compile_cache_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mitune-inductor")))
         self.family = fam.name
+        scorer = None
+        if gen.select_by == "checker":
+            from mitune_ray.shapes.checker import checker_scores as scorer
         self.sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype,
-                                        resolution=model.resolution)
+                                        resolution=model.resolution, scorer=scorer)
         self.round_index, self.out = round_index, out
         self.gallery, self.with_tensors = gallery, with_tensors
         self.actor = f"{socket.gethostname()}:{os.getpid()}"

@@ -79,8 +79,14 @@ class CandidateSampler:
     """
 
     def __init__(self, pipe, fam: Family, gen: GenerateSection, mi: MISection, *, device,
-                 dtype: torch.dtype = torch.float32, resolution: int | None = None):
+                 dtype: torch.dtype = torch.float32, resolution: int | None = None,
+                 scorer=None):
+        """`scorer(prompt_text, images) -> scores` ranks candidates when `gen.select_by` is
+        "checker" (the ShapesWorld oracle); MI ranks them otherwise."""
         self.pipe, self.fam, self.gen, self.mi_cfg = pipe, fam, gen, mi
+        if gen.select_by == "checker" and scorer is None:
+            raise ValueError("generate.select_by=checker needs a scorer (the ShapesWorld checker)")
+        self.scorer = scorer
         self.device, self.dtype = torch.device(device), dtype
         self.shape = latent_shape(pipe, fam, resolution)
         self.height = self.width = self.shape[1] * pipe.vae_scale_factor
@@ -251,7 +257,8 @@ class CandidateSampler:
         results = []
         picks: list[tuple[int, int, int]] = []
         for p, prompt in enumerate(prompts):
-            chosen = top_k(mi[p], min(self.gen.keep, sum(1 for q, _ in finals if q == p)))
+            ranking = self._ranking(p, prompt, round_index, finals, mi[p])
+            chosen = top_k(ranking, min(self.gen.keep, sum(1 for q, _ in finals if q == p)))
             entry = PromptCandidates(prompt, mi[p].tolist(), se[p].tolist())
             for rank, col in enumerate(chosen):
                 entry.selected.append(Selected(
@@ -272,6 +279,20 @@ class CandidateSampler:
             for (p, rank, _), img in zip(picks, flat):
                 results[p].selected[rank].image = img
         return results
+
+    def _ranking(self, p: int, prompt: Prompt, round_index: int, finals, mi_row) -> torch.Tensor:
+        """The scores that pick the kept candidates (NaN: not finished)."""
+        if self.gen.select_by == "mi":
+            return mi_row
+        if self.gen.select_by == "random":
+            g = torch.Generator().manual_seed(
+                derive_seed("random-select", self.gen.seed, prompt.prompt_id, round_index))
+            return torch.where(mi_row.isnan(), mi_row, torch.rand(len(mi_row), generator=g).double())
+        cols = sorted(c for q, c in finals if q == p)
+        images = to_uint8(decode_latents(self.pipe, torch.stack([finals[(p, c)] for c in cols])))
+        scores = torch.full_like(mi_row, float("nan"), dtype=torch.float64)
+        scores[cols] = torch.tensor(self.scorer(prompt.text, list(images)), dtype=torch.float64)
+        return scores
 
     @torch.no_grad()
     def score_latents(self, z0: torch.Tensor, cond: Conditioning, *, draw_seed: int):

@@ -40,7 +40,8 @@ class ScoreUDF:
 
         pipe, fam, device, dtype = load_model(model)
         self.pipe, self.fam, self.torch = pipe, fam, torch
-        self.sampler = CandidateSampler(pipe, fam, cfg.generate, cfg.mi, device=device,
+        gen = cfg.generate.model_copy(update={"select_by": "mi"})
+        self.sampler = CandidateSampler(pipe, fam, gen, cfg.mi, device=device,
                                         dtype=dtype, resolution=model.resolution)
         self.seed = cfg.generate.seed
 

@@ -46,9 +46,20 @@ def test_two_rounds_on_s3_resume_after_a_sigkill_in_round_2_generation(tmp_path,
         assert len(ids) == kept == len(set(ids)) == after[f"{rnd}/generate"]["rows"]
     assert "round-002/train" in after
     assert read_manifest(store)["lease"] is None
-    text = log.read_text()
-    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text
-    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in store.read_bytes("manifest.json").decode()
+
+    # Evaluated afterwards (`mitune eval`), reported into the bucket (`mitune report`).
+    assert run_cli(["eval", uri, "eval.metrics=[mi]"], cwd=tmp_path, log=log) == 0, dump(log)
+    evaluated = stages(read_manifest(store))
+    assert {"eval-base/evaluate", "round-001/evaluate", "round-002/evaluate"} <= set(evaluated)
+    assert evaluated["round-002/evaluate"]["summary"]["images"] == 2
+    assert run_cli(["report", uri], cwd=tmp_path, log=log) == 0, dump(log)
+    html = store.read_bytes("report/index.html").decode()
+    assert "round-002" in html and store.list("report/images", suffix=".png")
+
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in log.read_text()
+    for name in ("manifest.json", "report/index.html", "prompts/train/report.json"):
+        assert secret not in store.read_bytes(name).decode()
 
 
 def _free_port() -> int:

@@ -163,3 +163,49 @@ def test_s3_outages_brief_ones_ridden_out_long_ones_fail_clearly_and_resume(
     final = stages(read_manifest(store))
     assert final["round-001/generate"]["committed_at"] == committed["round-001/generate"]["committed_at"]
     assert "round-001/train" in final
+
+
+def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
+        tmp_path, tiny_folder):
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    from mitune_ray.config import load_config
+    from mitune_ray.train import train_adapter
+    from tests.test_train import selected_rows, write_shards
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        out = Store(str(tmp_path / "round-001"))
+        shards = write_shards(out, selected_rows(tiny_folder, "sd", 8))
+        cfg = load_config(None, ["train.rank=4", "train.batch_size=2", "train.grad_accum=1",
+                                 "train.steps=12", "train.checkpoint_every=1", "train.workers=2",
+                                 "train.cpus_per_worker=0.5", "train.max_failures=2",
+                                 "train.validation_prompts=0", "model.family=sd"])
+        removed = threading.Event()
+
+        def remove_a_training_node():
+            deadline = time.monotonic() + 600
+            while not out.list("train/adapters") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            hosts = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                     if "RayTrainWorker" in (a.class_name or "")}
+            victim = next(n for n in workers if n.node_id in hosts)
+            cluster.remove_node(victim)
+            removed.set()
+
+        threading.Thread(target=remove_a_training_node, daemon=True).start()
+        result = train_adapter(cfg, model_path=tiny_folder("sd"), selected=shards, out=out,
+                               run_name="train-round-001", log=lambda m: None)
+        assert removed.is_set()
+        assert result.steps == 12 and result.resumed_from >= 1, result
+        assert out.exists("adapter/pytorch_lora_weights.safetensors")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -111,3 +111,24 @@ def test_pruning_finishes_only_the_best_fraction_and_selects_among_them(pipes):
         assert p.selected[0].index in finished
         # Survivors ran the same trajectory as in the full run: same final MI.
         np.testing.assert_allclose([p.mi[i] for i in finished], [f.mi[i] for i in finished], rtol=1e-3)
+
+
+def test_control_selections_random_and_checker(pipes):
+    rand = make(pipes, "sd", select_by="random").generate(PROMPTS, 1, decode=False)
+    again = make(pipes, "sd", select_by="random").generate(PROMPTS, 1, decode=False)
+    assert [s.index for r in rand for s in r.selected] == [s.index for r in again for s in r.selected]
+    pipe, fam = pipes("sd")
+    seen = []
+
+    def scorer(text, images):  # prefers the darkest image: a stand-in for the checker
+        seen.append((text, len(images)))
+        return [-float(im.mean()) for im in images]
+
+    sampler = CandidateSampler(pipe, fam, GenerateSection(candidates=4, keep=1, steps=4,
+                                                          select_by="checker"),
+                               MISection(), device="cpu", scorer=scorer)
+    res = sampler.generate(PROMPTS[:1], 1, gallery=frozenset({PROMPTS[0].prompt_id}))[0]
+    darkest = min(res.gallery, key=lambda x: x[1].mean())[0]
+    assert res.selected[0].index == darkest and seen == [(PROMPTS[0].text, 4)]
+    with pytest.raises(ValueError, match="needs a scorer"):
+        CandidateSampler(pipe, fam, GenerateSection(select_by="checker"), MISection(), device="cpu")

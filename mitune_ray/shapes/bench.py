@@ -155,12 +155,13 @@ def paired_gain(base: dict[str, float], tuned: dict[str, float], *, n_boot: int 
             "prompts": len(keys)}
 
 
-def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print) -> dict:
+def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print,
+                arms: tuple[str, ...] = ARMS) -> dict:
     """Part 2: the full loop for each selection arm; per-round gains over the base model."""
     from mitune_ray.driver import run
 
     out = {}
-    for arm in ARMS:
+    for arm in arms:
         start = time.perf_counter()
         cfg = _arm_config(root, arm, model_path, scale, quick)
         run(cfg, log=lambda m: None)
@@ -198,6 +199,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--skip-mitune", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help="selection arms to run: mi, random, checker (comma-separated)")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else Scale()
     if args.rounds:
@@ -207,7 +210,14 @@ def main(argv: list[str]) -> int:
     if not args.skip_agreement:
         result["agreement"] = agreement(args.model, scale)
     if not args.skip_mitune:
-        result["mitune"] = mitune_arms(args.model, args.out, scale, args.quick)
+        arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+        unknown = set(arms) - set(ARMS)
+        if unknown:
+            from mitune_ray.errors import MituneError
+
+            raise MituneError(f"--arms {args.arms!r} names unknown arms {sorted(unknown)}; "
+                              f"use some of {', '.join(ARMS)}")
+        result["mitune"] = mitune_arms(args.model, args.out, scale, args.quick, arms=arms)
     store = Store(args.out)
     store.write_json("shapes-bench.json", result)
     if "mitune" in result:

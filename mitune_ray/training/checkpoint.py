@@ -1,7 +1,7 @@
 """DeepSpeed checkpoints as safetensors + JSON: nothing read back from storage is ever unpickled.
 
-DeepSpeed's default checkpoint engine writes its state dicts with `torch.save` and reads them with
-`torch.load(weights_only=False)`, i.e. a pickle that can run arbitrary code. DeepSpeed lets the
+DeepSpeed's default checkpoint engine writes its state dicts with `torch.save` and reads them
+back through pickle (`weights_only=False`), which can run arbitrary code. DeepSpeed lets the
 engine be swapped (`engine.checkpoint_engine`), so this one flattens each state dict into
 
 - one safetensors file: every tensor, under a generated key, and

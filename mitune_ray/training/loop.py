@@ -162,7 +162,7 @@ class _Worker:
 
         spec = self.spec
         gen = spec.generate.model_copy(update={
-            "candidates": spec.train.validation_candidates, "keep": 1,
+            "candidates": spec.train.validation_candidates, "keep": 1, "select_by": "mi",
             "prune": spec.generate.prune.model_copy(update={"enabled": False})})
         return CandidateSampler(pipe, self.fam, gen, spec.mi, device=self.device,
                                 dtype=self.dtype, resolution=spec.resolution)
