@@ -173,6 +173,7 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
 
     from mitune_ray.config import load_config
     from mitune_ray.train import train_adapter
+    from mitune_ray.training.loop import FAULT_SETTLE_S
     from tests.test_train import selected_rows, write_shards
 
     if ray.is_initialized():
@@ -185,15 +186,19 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
         out = Store(str(tmp_path / "round-001"))
         shards = write_shards(out, selected_rows(tiny_folder, "sd", 8))
         cfg = load_config(None, ["train.rank=4", "train.batch_size=2", "train.grad_accum=1",
-                                 "train.steps=12", "train.checkpoint_every=1", "train.workers=2",
+                                 "train.steps=16", "train.checkpoint_every=1", "train.workers=2",
                                  "train.cpus_per_worker=0.5", "train.max_failures=2",
                                  "train.validation_prompts=0", "model.family=sd"])
         removed = threading.Event()
 
         def remove_a_training_node():
+            # Remove the node once Ray Train holds a checkpoint: step 2's is on storage (so
+            # step 1's was reported by every rank) and the controller has polled since.
             deadline = time.monotonic() + 600
-            while not out.list("train/adapters") and time.monotonic() < deadline:
+            while (not any("/step-000002/" in f for f in out.list("train-round-001"))
+                   and time.monotonic() < deadline):
                 time.sleep(0.2)
+            time.sleep(FAULT_SETTLE_S)
             hosts = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
                      if "RayTrainWorker" in (a.class_name or "")}
             victim = next(n for n in workers if n.node_id in hosts)
@@ -204,7 +209,7 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
         result = train_adapter(cfg, model_path=tiny_folder("sd"), selected=shards, out=out,
                                run_name="train-round-001", log=lambda m: None)
         assert removed.is_set()
-        assert result.steps == 12 and result.resumed_from >= 1, result
+        assert result.steps == 16 and result.resumed_from >= 1, result
         assert out.exists("adapter/pytorch_lora_weights.safetensors")
     finally:
         ray.shutdown()

@@ -207,5 +207,9 @@ def make_dataset(sel: SelectedSet):
                                columns=["prompt_id", "tensors"])
     # Shards are a handful of rows each: shuffling their order gives each epoch a new order at
     # no cost; a local shuffle buffer in the loop mixes rows across neighbouring shards.
-    return ds.randomize_block_order().map_batches(_decode_batch, batch_format="pyarrow",
-                                                   batch_size=64)
+    ds = ds.randomize_block_order().map_batches(_decode_batch, batch_format="pyarrow",
+                                                 batch_size=64)
+    # Every epoch of every worker's shard would log Ray Data's progress every few seconds
+    # (thousands of lines in a driver's log): the training loop logs its own progress.
+    ds.context.enable_progress_bars = False
+    return ds

@@ -70,7 +70,7 @@ def test_trajectory_mi_along_a_real_ancestral_gaussian_sampler():
     """Accumulated along DDPM's reverse process (guidance 1), the expectation is the true MI."""
     world, abar = GaussianWorld(), sd_alphas_cumprod()
     g = torch.Generator().manual_seed(2)
-    _, y = world.sample(20000, g)
+    _, y = world.sample(8000, g)
     timesteps = list(range(999, -1, -1))
     acc = TrajectoryMI(ddpm_trajectory_weights(timesteps, abar, t_min=0), eps_term,
                        batch=len(y), device="cpu")
