@@ -224,9 +224,9 @@ def _connect(cfg: Config, log) -> bool:
     """Join (or start) the Ray cluster; whether training uses GPUs."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address,
-                 num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None)
+    from mitune_ray.runtime import ensure_ray
+
+    ensure_ray(cfg.ray)
     resources = ray.cluster_resources()
     train = cfg.train
     free = resources.get("CPU", 0) - train.workers * train.cpus_per_worker

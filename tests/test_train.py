@@ -180,7 +180,7 @@ def test_bad_selected_sets_are_one_line_errors_before_training(tiny_folder, tmp_
 def ray_cluster(s3_server):
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

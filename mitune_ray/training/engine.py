@@ -79,6 +79,20 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _skip_cpu_shm_comm() -> None:
+    """On the CPU accelerator DeepSpeed JIT-compiles a shared-memory allreduce
+    (`deepspeed_shm_comm`) at its first initialisation: minutes of C++ on a small machine, and
+    a worker killed while compiling (a lost node, a killed driver) leaves the build's lock file
+    behind, on which every later training waits forever. The adapters' gradients are small, so
+    gloo's allreduce (through Ray Train's process group) is all CPU training needs. DeepSpeed
+    documents `deepspeed.ops.__compatible_ops__` as one dict whose edits persist."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(net: torch.nn.Module, config: dict):
     """`deepspeed.initialize` on the trainable (adapter) parameters, with the safetensors
     checkpoint engine plugged in. Reuses the process group Ray Train set up."""
@@ -87,6 +101,7 @@ def build_engine(net: torch.nn.Module, config: dict):
     from mitune_ray.training.checkpoint import SafetensorsCheckpointEngine
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    _skip_cpu_shm_comm()
     params = [p for p in net.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=net, model_parameters=params, config=config)
     engine.checkpoint_engine = SafetensorsCheckpointEngine()

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -99,9 +100,12 @@ class _Worker:
 
     def log(self, message: str) -> None:
         # The one place that decides who logs. Rank 0's stdout reaches the driver's console
-        # through Ray's log forwarding (a driver-side callable would have to pickle).
+        # through Ray's log forwarding (a driver-side callable would have to pickle). Written
+        # to the process's own stdout: Ray Train patches `print` into its logger, which would
+        # echo every line twice.
         if self.rank == 0:
-            print(message, flush=True)
+            sys.__stdout__.write(message + "\n")
+            sys.__stdout__.flush()
 
     # -- setup ----------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ def test_smoke_training_writes_a_loadable_diffusers_folder(tmp_path):
     metrics = train_shapes_model(str(out), minutes=0.5, seed=0, log=lines.append,
                                  settings=TrainSettings.smoke())
     assert metrics["vae_steps"] == 3 and metrics["unet_steps"] == 3
-    assert metrics["total_seconds"] < 60
     assert any(line.startswith("saved the model") for line in lines)
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))  # safetensors only
     assert len(list(out.rglob("*.safetensors"))) == 3

@@ -1,0 +1,41 @@
+"""`mitune shapes bench --quick`: the machinery of both parts (not the gain), as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+from mitune_ray.shapes.bench import paired_gain
+from tests.runs import dump, run_cli
+
+
+def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_path):
+    out, log = tmp_path / "bench", tmp_path / "bench.log"
+    code = run_cli(["shapes", "bench", "--quick", "--arms", "mi", "--out", str(out)],
+                   cwd=tmp_path, log=log)
+    assert code == 0, dump(log)
+    result = json.loads((out / "shapes-bench.json").read_text())
+
+    variants = result["agreement"]["variants"]
+    assert "trajectory t>50 (paper)" in variants and "renoise K=16 (final latent)" in variants
+    for name, v in variants.items():
+        low, high = v["tau_checker_ci"]
+        assert -1.0 <= low <= v["tau_checker"] <= high <= 1.0 or v["prompts_used"] == 0, name
+    assert 0.0 <= result["agreement"]["fully_correct_rate_base"] <= 1.0
+
+    rounds = result["mitune"]["mi"]["rounds"]
+    assert list(rounds) == ["1"]
+    gain = rounds["1"]
+    assert gain["prompts"] == result["scale"]["eval_prompts"]
+    assert abs(gain["gain"] - (gain["tuned_rate"] - gain["base_rate"])) < 1e-9
+    # The run behind the numbers: base and round-1 evaluations by the exact checker.
+    for version in ("eval-base", "round-001"):
+        assert (out / "mi" / version / "eval" / "scores.parquet").exists()
+    assert (out / "shapes-bench.svg").read_text().startswith("<svg")
+
+
+def test_paired_gain_bootstraps_over_prompts():
+    g = paired_gain({"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.5},
+                    {"a": 1.0, "b": 0.0, "c": 1.0, "d": 1.0})
+    assert g["gain"] == 0.375 and g["prompts"] == 4
+    assert 0.0 <= g["ci"][0] <= g["gain"] <= g["ci"][1] <= 1.0
+    assert (g["base_rate"], g["tuned_rate"]) == (0.375, 0.75)
