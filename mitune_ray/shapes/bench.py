@@ -10,7 +10,7 @@
    on held-out prompts with the same seeds; the gain in fully-correct rate over the base model is
    reported with a paired 95% bootstrap interval over prompts.
 
-    mitune shapes bench                 # tens of minutes on 2 CPU cores
+    mitune shapes bench                 # about 15 minutes per arm on 2 CPU cores
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
@@ -33,14 +33,14 @@ ARMS = ("mi", "random", "checker")
 
 @dataclass(frozen=True)
 class Scale:
-    agree_prompts: int = 24
-    agree_candidates: int = 16
-    steps: int = 50
-    train_prompts: int = 96
-    eval_prompts: int = 100
-    candidates: int = 16
+    agree_prompts: int = 16
+    agree_candidates: int = 8
+    steps: int = 25
+    train_prompts: int = 48
+    eval_prompts: int = 48
+    candidates: int = 8
     rounds: int = 3
-    train_steps: int = 60
+    train_steps: int = 48
     train_batch: int = 8
     eval_candidates: int = 2
 
