@@ -299,7 +299,8 @@ def status_text(manifest: dict, uri: str) -> str:
                 detail += f", loss {res.get('initial_loss', float('nan')):.4g} -> {res['final_loss']:.4g}"
         elif name.endswith("/evaluate"):
             summary = entry.get("summary", {})
-            metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary.get("metrics", {}).items())
+            metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                for k, v in summary.get("metrics", {}).items())
             detail = f"{summary.get('prompts', '?')} prompts, {summary.get('images', '?')} images: {metrics}"
         else:
             detail = ", ".join(f"{k}={v}" for k, v in entry.get("summary", {}).items())

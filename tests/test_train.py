@@ -376,3 +376,14 @@ def test_zero2_checkpoint_of_two_ranks_restores_the_optimizer_state(ray_cluster,
                                        "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     for path in files:
         assert load_state(str(path))  # safetensors + JSON; torch.load would find no pickle
+
+
+def test_cpu_training_never_jit_compiles_deepspeeds_shm_allreduce():
+    # Minutes of C++ on a small machine, and a stale build lock from a killed worker would hang
+    # every later training: on the CPU accelerator the op is marked incompatible instead.
+    from deepspeed.comm.torch import build_shm_op
+
+    from mitune_ray.training.engine import _skip_cpu_shm_comm
+
+    _skip_cpu_shm_comm()
+    assert build_shm_op() is None
