@@ -58,7 +58,9 @@ def gen_settings(**kw):
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_stage_selects_top_mi_per_prompt_over_a_diffusiondb_corpus(ray_cluster, tmp_path, family):
-    prompts, report = corpus(tmp_path)
+    # 12 batches of 2 prompts: enough that a second actor still loading its model when the first
+    # is ready gets work (with 6, a fast first actor once took them all).
+    prompts, report = corpus(tmp_path, n=24)
     out = Store(str(tmp_path / "run" / "round-001"))
     summary = generate_round(model=ModelSpec(f"tiny:{family}"), gen=gen_settings(keep=2),
                              mi=MISection(), round_index=1, prompts=prompts,
