@@ -44,41 +44,48 @@ def test_a_generation_actor_killed_mid_stage_is_replaced_and_its_work_redone(
     assert summary.prompts == 12 and len(summary.actors) >= 3  # the dead actor was replaced
 
 
-def test_a_node_leaving_mid_generation_loses_nothing(tmp_path):
+@pytest.fixture
+def multinode():
+    """A head with 1 CPU and two 2-CPU worker nodes, this process connected; (cluster, workers)."""
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    nodes = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        prompts, out = Store(str(tmp_path / "prompts")), Store(str(tmp_path / "round-001"))
-        shards = prompt_shards(prompts, 16)
-        removed = threading.Event()
-
-        def remove_a_node():
-            deadline = time.monotonic() + 300
-            while len(done_prompt_ids(out)) < 4 and time.monotonic() < deadline:
-                time.sleep(0.3)
-            cluster.remove_node(nodes[1])
-            removed.set()
-
-        threading.Thread(target=remove_a_node, daemon=True).start()
-        summary = generate_round(
-            model=ModelSpec("tiny:sd"),
-            gen=GenerateSection(candidates=3, keep=1, steps=20, actors=2, cpus_per_actor=1,
-                                prompts_per_batch=2),
-            mi=MISection(), round_index=1, prompts=prompts, shards=shards, out=out,
-            expected_prompts=16)
-        assert removed.is_set(), "the node was removed while the stage ran"
-        ids = selected_ids(out)
-        assert len(ids) == 16 and len(set(ids)) == 16 and summary.rows == 16
+        yield cluster, workers
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_node_leaving_mid_generation_loses_nothing(tmp_path, multinode):
+    cluster, nodes = multinode
+    prompts, out = Store(str(tmp_path / "prompts")), Store(str(tmp_path / "round-001"))
+    shards = prompt_shards(prompts, 16)
+    removed = threading.Event()
+
+    def remove_a_node():
+        deadline = time.monotonic() + 300
+        while len(done_prompt_ids(out)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        cluster.remove_node(nodes[1])
+        removed.set()
+
+    threading.Thread(target=remove_a_node, daemon=True).start()
+    summary = generate_round(
+        model=ModelSpec("tiny:sd"),
+        gen=GenerateSection(candidates=3, keep=1, steps=20, actors=2, cpus_per_actor=1,
+                            prompts_per_batch=2),
+        mi=MISection(), round_index=1, prompts=prompts, shards=shards, out=out,
+        expected_prompts=16)
+    assert removed.is_set(), "the node was removed while the stage ran"
+    ids = selected_ids(out)
+    assert len(ids) == 16 and len(set(ids)) == 16 and summary.rows == 16
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -166,9 +173,7 @@ def test_s3_outages_brief_ones_ridden_out_long_ones_fail_clearly_and_resume(
 
 
 def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
-        tmp_path, tiny_folder):
-    import ray
-    from ray.cluster_utils import Cluster
+        tmp_path, tiny_folder, multinode):
     from ray.util.state import list_actors
 
     from mitune_ray.config import load_config
@@ -176,41 +181,32 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
     from mitune_ray.training.loop import FAULT_SETTLE_S
     from tests.test_train import selected_rows, write_shards
 
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        out = Store(str(tmp_path / "round-001"))
-        shards = write_shards(out, selected_rows(tiny_folder, "sd", 8))
-        cfg = load_config(None, ["train.rank=4", "train.batch_size=2", "train.grad_accum=1",
-                                 "train.steps=16", "train.checkpoint_every=1", "train.workers=2",
-                                 "train.cpus_per_worker=0.5", "train.max_failures=2",
-                                 "train.validation_prompts=0", "model.family=sd"])
-        removed = threading.Event()
+    cluster, workers = multinode
+    out = Store(str(tmp_path / "round-001"))
+    shards = write_shards(out, selected_rows(tiny_folder, "sd", 8))
+    cfg = load_config(None, ["train.rank=4", "train.batch_size=2", "train.grad_accum=1",
+                             "train.steps=16", "train.checkpoint_every=1", "train.workers=2",
+                             "train.cpus_per_worker=0.5", "train.max_failures=2",
+                             "train.validation_prompts=0", "model.family=sd"])
+    removed = threading.Event()
 
-        def remove_a_training_node():
-            # Remove the node once Ray Train holds a checkpoint: step 2's is on storage (so
-            # step 1's was reported by every rank) and the controller has polled since.
-            deadline = time.monotonic() + 600
-            while (not any("/step-000002/" in f for f in out.list("train-round-001"))
-                   and time.monotonic() < deadline):
-                time.sleep(0.2)
-            time.sleep(FAULT_SETTLE_S)
-            hosts = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
-                     if "RayTrainWorker" in (a.class_name or "")}
-            victim = next(n for n in workers if n.node_id in hosts)
-            cluster.remove_node(victim)
-            removed.set()
+    def remove_a_training_node():
+        # Remove the node once Ray Train holds a checkpoint: step 2's is on storage (so
+        # step 1's was reported by every rank) and the controller has polled since.
+        deadline = time.monotonic() + 600
+        while (not any("/step-000002/" in f for f in out.list("train-round-001"))
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        time.sleep(FAULT_SETTLE_S)
+        hosts = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                 if "RayTrainWorker" in (a.class_name or "")}
+        victim = next(n for n in workers if n.node_id in hosts)
+        cluster.remove_node(victim)
+        removed.set()
 
-        threading.Thread(target=remove_a_training_node, daemon=True).start()
-        result = train_adapter(cfg, model_path=tiny_folder("sd"), selected=shards, out=out,
-                               run_name="train-round-001", log=lambda m: None)
-        assert removed.is_set()
-        assert result.steps == 16 and result.resumed_from >= 1, result
-        assert out.exists("adapter/pytorch_lora_weights.safetensors")
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    threading.Thread(target=remove_a_training_node, daemon=True).start()
+    result = train_adapter(cfg, model_path=tiny_folder("sd"), selected=shards, out=out,
+                           run_name="train-round-001", log=lambda m: None)
+    assert removed.is_set()
+    assert result.steps == 16 and result.resumed_from >= 1, result
+    assert out.exists("adapter/pytorch_lora_weights.safetensors")
