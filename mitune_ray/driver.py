@@ -27,6 +27,8 @@ from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, resolve_model_path
 from mitune_ray.storage import Store, is_s3
 
 SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
+# train: the base model's training split; eval: held out; tune: held out, disjoint from eval
+SYNTHETIC_SPLITS = ("train", "eval", "tune")
 
 
 def round_dir(r: int) -> str:
@@ -75,11 +77,12 @@ def _materialize_sources(sources: list[str], store: Store, kind: str) -> list[st
             out.append(src)
             continue
         parts = src.split(":")
-        if len(parts) != 3 or parts[1] not in ("train", "eval") or not parts[2].isdigit():
-            raise MituneError(f"prompt source {src!r} ({kind}) is not shapes:train:N or shapes:eval:N")
-        from mitune_ray.shapes.prompts import eval_prompts, train_prompts
+        if len(parts) != 3 or parts[1] not in SYNTHETIC_SPLITS or not parts[2].isdigit():
+            raise MituneError(f"prompt source {src!r} ({kind}) is not shapes:SPLIT:N with SPLIT "
+                              f"one of {', '.join(SYNTHETIC_SPLITS)} and N a count")
+        from mitune_ray.shapes import prompts as shapes_prompts
 
-        maker = train_prompts if parts[1] == "train" else eval_prompts
+        maker = getattr(shapes_prompts, f"{parts[1]}_prompts")
         rel = f"inputs/shapes-{parts[1]}-{parts[2]}.txt"
         store.write_bytes(rel, "\n".join(maker(int(parts[2]))).encode())
         out.append(store.child_uri(rel))

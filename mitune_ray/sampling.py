@@ -236,13 +236,24 @@ class CandidateSampler:
                 finals[(p, col)] = latents[j]
         if self.mi_cfg.estimator == "renoise":
             self._renoise(prompts, cond, round_index, finals, mi, se)
-        results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode)
+        decoded: dict[tuple[int, int], object] = {}  # each latent is decoded at most once
+        results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode, decoded)
         for p, res in enumerate(results):
             if res.prompt.prompt_id in gallery:
-                cols = sorted(c for q, c in finals if q == p)
-                images = to_uint8(decode_latents(self.pipe, torch.stack([finals[(p, c)] for c in cols])))
-                res.gallery = [(indices[c], img) for c, img in zip(cols, images)]
+                keys = sorted(k for k in finals if k[0] == p)
+                images = self._decode(keys, finals, decoded)
+                res.gallery = [(indices[c], img) for (_, c), img in zip(keys, images)]
         return results
+
+    def _decode(self, keys: list[tuple[int, int]], finals, decoded) -> list:
+        """uint8 images of the latents `finals[key]`, decoding (in max_batch chunks) only those
+        not in the cache `decoded` yet."""
+        todo = [k for k in dict.fromkeys(keys) if k not in decoded]
+        for i in range(0, len(todo), self.gen.max_batch):
+            chunk = todo[i : i + self.gen.max_batch]
+            images = to_uint8(decode_latents(self.pipe, torch.stack([finals[k] for k in chunk])))
+            decoded.update(zip(chunk, images))
+        return [decoded[k] for k in keys]
 
     def _renoise(self, prompts, cond, round_index, finals, mi, se) -> None:
         for p, prompt in enumerate(prompts):
@@ -253,11 +264,11 @@ class CandidateSampler:
                                                                       prompt.prompt_id, round_index))
             mi[p, cols], se[p, cols] = values.cpu(), errors.cpu()
 
-    def _select(self, prompts, round_index, indices, cond, finals, mi, se, decode):
+    def _select(self, prompts, round_index, indices, cond, finals, mi, se, decode, decoded):
         results = []
         picks: list[tuple[int, int, int]] = []
         for p, prompt in enumerate(prompts):
-            ranking = self._ranking(p, prompt, round_index, finals, mi[p])
+            ranking = self._ranking(p, prompt, round_index, finals, mi[p], decoded)
             chosen = top_k(ranking, min(self.gen.keep, sum(1 for q, _ in finals if q == p)))
             entry = PromptCandidates(prompt, mi[p].tolist(), se[p].tolist())
             for rank, col in enumerate(chosen):
@@ -271,16 +282,13 @@ class CandidateSampler:
                 picks.append((p, rank, col))
             results.append(entry)
         if decode and picks:
-            latents = torch.stack([finals[(p, col)] for p, _, col in picks])
-            images = []
-            for i in range(0, len(latents), self.gen.max_batch):
-                images.append(to_uint8(decode_latents(self.pipe, latents[i : i + self.gen.max_batch])))
-            flat = [img for batch in images for img in batch]
-            for (p, rank, _), img in zip(picks, flat):
+            images = self._decode([(p, col) for p, _, col in picks], finals, decoded)
+            for (p, rank, _), img in zip(picks, images):
                 results[p].selected[rank].image = img
         return results
 
-    def _ranking(self, p: int, prompt: Prompt, round_index: int, finals, mi_row) -> torch.Tensor:
+    def _ranking(self, p: int, prompt: Prompt, round_index: int, finals, mi_row,
+                 decoded) -> torch.Tensor:
         """The scores that pick the kept candidates (NaN: not finished)."""
         if self.gen.select_by == "mi":
             return mi_row
@@ -289,7 +297,7 @@ class CandidateSampler:
                 derive_seed("random-select", self.gen.seed, prompt.prompt_id, round_index))
             return torch.where(mi_row.isnan(), mi_row, torch.rand(len(mi_row), generator=g).double())
         cols = sorted(c for q, c in finals if q == p)
-        images = to_uint8(decode_latents(self.pipe, torch.stack([finals[(p, c)] for c in cols])))
+        images = self._decode([(p, c) for c in cols], finals, decoded)
         scores = torch.full_like(mi_row, float("nan"), dtype=torch.float64)
         scores[cols] = torch.tensor(self.scorer(prompt.text, list(images)), dtype=torch.float64)
         return scores

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mitune_ray.config import GenerateSection, MISection
+from mitune_ray import sampling
 from mitune_ray.families import load_pipeline
 from mitune_ray.sampling import CandidateSampler, Prompt, candidate_seed
 
@@ -113,7 +114,7 @@ def test_pruning_finishes_only_the_best_fraction_and_selects_among_them(pipes):
         np.testing.assert_allclose([p.mi[i] for i in finished], [f.mi[i] for i in finished], rtol=1e-3)
 
 
-def test_control_selections_random_and_checker(pipes):
+def test_control_selections_random_and_checker(pipes, monkeypatch):
     rand = make(pipes, "sd", select_by="random").generate(PROMPTS, 1, decode=False)
     again = make(pipes, "sd", select_by="random").generate(PROMPTS, 1, decode=False)
     assert [s.index for r in rand for s in r.selected] == [s.index for r in again for s in r.selected]
@@ -127,8 +128,14 @@ def test_control_selections_random_and_checker(pipes):
     sampler = CandidateSampler(pipe, fam, GenerateSection(candidates=4, keep=1, steps=4,
                                                           select_by="checker"),
                                MISection(), device="cpu", scorer=scorer)
+    decoded = []  # the checker's images serve the kept image and the gallery: one decode each
+    real_decode = sampling.decode_latents
+    monkeypatch.setattr(sampling, "decode_latents",
+                        lambda pipe, z: decoded.append(len(z)) or real_decode(pipe, z))
     res = sampler.generate(PROMPTS[:1], 1, gallery=frozenset({PROMPTS[0].prompt_id}))[0]
     darkest = min(res.gallery, key=lambda x: x[1].mean())[0]
     assert res.selected[0].index == darkest and seen == [(PROMPTS[0].text, 4)]
+    assert sum(decoded) == 4
+    assert np.array_equal(res.selected[0].image, dict(res.gallery)[darkest])
     with pytest.raises(ValueError, match="needs a scorer"):
         CandidateSampler(pipe, fam, GenerateSection(select_by="checker"), MISection(), device="cpu")

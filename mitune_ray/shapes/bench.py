@@ -42,7 +42,13 @@ class Scale:
     rounds: int = 3
     train_steps: int = 48
     train_batch: int = 8
+    # Adam moves a weight by about lr per step: 48 x 6e-4 matches the paper's round (300 x 1e-4).
+    lr: float = 6e-4
     eval_candidates: int = 2
+    # Prompts MI-TUNE tunes on: "tune" (held-out combinations, none restating an evaluation
+    # prompt: the paper's train/validation prompts of one category) or "train" (the base
+    # model's own training split: improvements must then transfer to unseen combinations).
+    tune_split: str = "tune"
 
 
 QUICK = Scale(agree_prompts=3, agree_candidates=4, steps=6, train_prompts=6, eval_prompts=4,
@@ -112,14 +118,14 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
     return load_config(None, [
         f"run.uri={root}/{arm}", f"run.rounds={scale.rounds}", "run.evaluate=true",
         f"model.path={model_path}",
-        f"prompts.train=[shapes:train:{scale.train_prompts}]",
+        f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
         f"prompts.eval=[shapes:eval:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
         f"generate.candidates={scale.candidates}", "generate.keep=1",
         f"generate.steps={scale.steps}", "generate.max_batch=64",
         f"generate.prompts_per_batch={4 if quick else 8}", f"generate.actors={actors}",
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
         "train.rank=8", f"train.batch_size={scale.train_batch}", "train.grad_accum=1",
-        f"train.steps={scale.train_steps}", "train.lr=1e-4", "train.workers=2",
+        f"train.steps={scale.train_steps}", f"train.lr={scale.lr}", "train.workers=2",
         "train.cpus_per_worker=0.5", f"train.checkpoint_every={max(1, scale.train_steps // 3)}",
         "train.validation_prompts=2", "train.validation_candidates=2",
         "eval.metrics=[mi,shapes]", f"eval.candidates={scale.eval_candidates}",
@@ -201,10 +207,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="selection arms to run: mi, random, checker (comma-separated)")
+    parser.add_argument("--tune-split", choices=("tune", "train"), default="tune",
+                        help="prompts tuned on: held-out combinations disjoint from the "
+                             "evaluation prompts (default), or the base model's training split")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else Scale()
-    if args.rounds:
-        scale = Scale(**(asdict(scale) | {"rounds": args.rounds}))
+    changes = {"rounds": args.rounds} if args.rounds else {}
+    scale = Scale(**(asdict(scale) | changes | {"tune_split": args.tune_split}))
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_agreement:

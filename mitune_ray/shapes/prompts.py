@@ -160,3 +160,46 @@ def eval_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
         5
     """
     return _prompts(n, seed, "eval")
+
+
+EVAL_RESERVE = 200  # tune_prompts never states the facts of the first 200 evaluation prompts
+_EXHAUSTED_AFTER = 20_000  # draws in a row with no new tuning prompt: the space is used up
+
+
+def fact_key(prompt: str) -> tuple:
+    """What a prompt asks for, up to wording and stated sizes: the objects and the relation."""
+    facts = parse_prompt(prompt)
+    return tuple((o.colour, o.shape) for o in facts.objects), facts.relation
+
+
+def tune_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
+    """`n` held-out-split prompts for self-tuning, disjoint from the evaluation prompts.
+
+    MI-TUNE needs no labels, only the prompts a user cares about; the paper tunes on
+    T2I-CompBench's training prompts of a category and evaluates on its validation prompts. The
+    analogue here: prompts from the held-out combinations, none of which states the same objects
+    and relation as any of `eval_prompts(EVAL_RESERVE)` (so evaluation prompts up to that size
+    are never tuned on, not even reworded). Single-object held-out scenes are all in the reserve,
+    so these are two-object prompts.
+
+    Example:
+        >>> reserved = {fact_key(p) for p in eval_prompts(EVAL_RESERVE)}
+        >>> any(fact_key(p) in reserved for p in tune_prompts(20))
+        False
+    """
+    reserved = {fact_key(p) for p in eval_prompts(EVAL_RESERVE)}
+    rng = random.Random(f"tune:{seed}")
+    seen: set[str] = set()
+    out: list[str] = []
+    misses = 0
+    while len(out) < n and misses < _EXHAUSTED_AFTER:
+        prompt = describe(random_scene(rng, split="eval"), rng)
+        misses += 1
+        if prompt not in seen and fact_key(prompt) not in reserved:
+            seen.add(prompt)
+            out.append(prompt)
+            misses = 0
+    if len(out) == n:
+        return out
+    raise MituneError(f"only {len(out)} tuning prompts exist beside the evaluation reserve; "
+                      f"ask for at most {len(out)}, not {n}")

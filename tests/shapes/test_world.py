@@ -9,7 +9,8 @@ import pytest
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes.prompts import (
-    Facts, ObjSpec, describe, eval_prompts, parse_prompt, scene_facts, templates, train_prompts,
+    EVAL_RESERVE, Facts, ObjSpec, describe, eval_prompts, fact_key, parse_prompt, scene_facts,
+    templates, train_prompts, tune_prompts,
 )
 from mitune_ray.shapes.world import (
     BACKGROUND, HELD_OUT_PAIRS, IMAGE_SIZE, PALETTE, Obj, Scene, held_out_combos, is_held_out,
@@ -91,6 +92,22 @@ def test_splits_are_disjoint_and_deterministic():
         facts = parse_prompt(prompt)
         scene = Scene(tuple(Obj(o.colour, o.shape) for o in facts.objects), facts.relation)
         assert is_held_out(scene)
+
+
+def test_tuning_prompts_are_held_out_and_never_restate_an_evaluation_prompt(monkeypatch):
+    tune = tune_prompts(150, seed=0)
+    assert tune == tune_prompts(150, seed=0) and len(set(tune)) == 150
+    assert tune != tune_prompts(150, seed=1)
+    reserved = {fact_key(p) for p in eval_prompts(EVAL_RESERVE)}
+    for prompt in tune:
+        facts = parse_prompt(prompt)
+        assert is_held_out(Scene(tuple(Obj(o.colour, o.shape) for o in facts.objects), facts.relation))
+        assert fact_key(prompt) not in reserved  # not even reworded or resized
+    assert fact_key("a small red circle above a blue square") == fact_key(
+        "a blue square with a red circle above it")
+    monkeypatch.setattr("mitune_ray.shapes.prompts._EXHAUSTED_AFTER", 50)  # exhaustion, quickly
+    with pytest.raises(MituneError, match="tuning prompts exist beside the evaluation reserve"):
+        tune_prompts(100_000)
 
 
 def test_held_out_split_covers_every_colour_and_shape_in_training():
