@@ -73,6 +73,10 @@ def step_dir(step: int) -> str:
 def train_loop(config: dict) -> dict:
     """Ray Train's `train_loop_per_worker`: config = {"spec": LoopSpec}. Rank 0's return value
     (`Result.return_value`) is the run's summary, also when it resumed at its final checkpoint."""
+    # Ray Train logs "Checkpoint successfully created at: ..." from every worker; our own
+    # "checkpoint at step N" line says it once, with the loss (Ray's lines reached the driver
+    # console late, after the run's summary).
+    logging.getLogger("ray.train.v2._internal.execution.storage").setLevel(logging.WARNING)
     worker = _Worker(config["spec"])
     worker.setup()
     worker.train()
