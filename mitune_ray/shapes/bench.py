@@ -145,6 +145,24 @@ def _correct_by_prompt(store: Store, version: str) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in by.items()}
 
 
+def image_change(store: Store, version: str, base: str = "eval-base") -> float:
+    """Median over evaluation images (same prompt and seed) of the mean absolute pixel change
+    from `base` to `version`, on the 0-255 scale: how far the adapter moved the model at all."""
+    from mitune_ray.imaging import from_png
+
+    def pngs(v: str) -> dict:
+        parts = store.list(f"{v}/eval/selected", suffix=".parquet")
+        t = pq.read_table([store.path(p) for p in parts], columns=["prompt_id", "candidate", "png"],
+                          filesystem=store.filesystem)
+        return {(i, c): png for i, c, png in zip(*(t.column(n).to_pylist()
+                                                  for n in ("prompt_id", "candidate", "png")))}
+
+    before, after = pngs(base), pngs(version)
+    diffs = [np.abs(from_png(before[k]).astype(np.float32) - from_png(after[k])).mean()
+             for k in before.keys() & after.keys()]
+    return float(np.median(diffs)) if diffs else float("nan")
+
+
 def selected_quality(store: Store, version: str) -> dict:
     """How good a round's training set was: the checker on its kept images."""
     from mitune_ray.imaging import from_png
@@ -196,8 +214,10 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
         for r in range(1, scale.rounds + 1):
             rounds[r] = g = paired_gain(base, _correct_by_prompt(store, f"round-{r:03d}"))
             selected[r] = kept = selected_quality(store, f"round-{r:03d}")
+            g["image_change"] = image_change(store, f"round-{r:03d}")
             log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
-                f"{kept['fully_correct']:.3f}; held out fully correct {g['base_rate']:.3f} -> "
+                f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
+                f"held out fully correct {g['base_rate']:.3f} -> "
                 f"{g['tuned_rate']:.3f} (gain {g['gain']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}])")
         out[arm] = {"rounds": rounds, "selected_sets": selected,
                     "seconds": round(time.perf_counter() - start, 1)}

@@ -27,6 +27,7 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     gain = rounds["1"]
     assert gain["prompts"] == result["scale"]["eval_prompts"]
     assert abs(gain["gain"] - (gain["tuned_rate"] - gain["base_rate"])) < 1e-9
+    assert 0.0 <= gain["image_change"] <= 255.0
     kept = result["mitune"]["mi"]["selected_sets"]["1"]
     assert kept["rows"] > 0 and 0.0 <= kept["fully_correct"] <= kept["fraction"] <= 1.0
     # The run behind the numbers: base and round-1 evaluations by the exact checker.
