@@ -1,7 +1,8 @@
-"""Round chaining options: which adapters feed generation and training (pure)."""
+"""The driver's planning: round chaining options (which adapters feed generation and training),
+synthetic prompt sources."""
 
 from mitune_ray.config import load_config
-from mitune_ray.driver import plan_round, resolve
+from mitune_ray.driver import _materialize_sources, plan_round, resolve
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES
 
@@ -36,3 +37,19 @@ def test_resolve_fills_family_defaults_and_rejects_contradictions():
     assert cfg.model.family == "sd3"
     with pytest.raises(MituneError, match="choose one"):
         resolve(load_config(None, ["run.chaining=continue", "run.merge_previous=true"]), FAMILIES["sd"])
+
+
+def test_synthetic_sources_become_prompt_files_in_the_run(tmp_path):
+    from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
+    from mitune_ray.storage import Store
+
+    store = Store(str(tmp_path / "run"))
+    other = str(tmp_path / "mine.txt")
+    uris = _materialize_sources(["shapes:tune:5", other, "shapes:eval:3"], store, "prompts.train")
+    assert uris[1] == other
+    assert store.read_bytes("inputs/shapes-tune-5.txt").decode().split("\n") == tune_prompts(5)
+    assert store.read_bytes("inputs/shapes-eval-3.txt").decode().split("\n") == eval_prompts(3)
+    for bad in ("shapes:test:5", "shapes:tune", "shapes:tune:five"):
+        with pytest.raises(MituneError, match=f"prompt source '{bad}' \\(prompts.train\\) is not "
+                                              "shapes:SPLIT:N with SPLIT one of train, eval, tune"):
+            _materialize_sources([bad], store, "prompts.train")
