@@ -73,14 +73,26 @@ def step_dir(step: int) -> str:
 def train_loop(config: dict) -> dict:
     """Ray Train's `train_loop_per_worker`: config = {"spec": LoopSpec}. Rank 0's return value
     (`Result.return_value`) is the run's summary, also when it resumed at its final checkpoint."""
-    # Ray Train logs "Checkpoint successfully created at: ..." from every worker; our own
-    # "checkpoint at step N" line says it once, with the loss (Ray's lines reached the driver
-    # console late, after the run's summary).
-    logging.getLogger("ray.train.v2._internal.execution.storage").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     worker = _Worker(config["spec"])
     worker.setup()
     worker.train()
     return worker.metrics()
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs "Checkpoint successfully created at: ..." and "Reporting training result
+    N: TrainingReport(...)" at INFO from every worker; our own "checkpoint at step N" line says it
+    once, with the loss. (Ray's lines reached the driver's console late, after the run summary.)"""
+    names = ["ray.train.v2._internal.execution.storage"]
+    try:  # this module names its logger by its file path
+        from ray.train.v2._internal.execution import context
+
+        names.append(context.__file__)
+    except ImportError:  # another Ray layout: its lines stay, nothing breaks
+        pass
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _Worker:
