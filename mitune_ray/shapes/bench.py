@@ -13,7 +13,7 @@
    fully-correct rate over the base model with a paired 95% bootstrap interval over prompts, and
    how good the selected training sets were (the checker on the kept images).
 
-    mitune shapes bench                 # about 15 minutes per arm on 2 CPU cores
+    mitune shapes bench                 # about 20 minutes per arm on 2 CPU cores
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
@@ -46,7 +46,7 @@ class Scale:
     train_steps: int = 48
     train_batch: int = 8
     # The paper's lr. 6e-4 (48 steps moving weights as far as the paper's 300 x 1e-4) collapsed
-    # even the oracle arm: 46 kept images seen 8 times a round are overfitted (2026-11-26).
+    # even the oracle arm: 46 kept images, each seen ~17 times a round, are overfitted.
     lr: float = 1e-4
     eval_candidates: int = 2
     # Prompts MI-TUNE tunes on: "tune" (held-out combinations, none restating an evaluation
