@@ -36,7 +36,7 @@ ARMS = ("mi", "random", "checker")
 
 @dataclass(frozen=True)
 class Scale:
-    agree_prompts: int = 16
+    agree_prompts: int = 128  # 16 gave intervals of +-0.2: too wide to tell tau 0.1 from 0
     agree_candidates: int = 8
     steps: int = 25
     train_prompts: int = 48
