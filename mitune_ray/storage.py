@@ -178,6 +178,17 @@ class Store:
                 out.append(posixpath.relpath(info.path, self.root))
         return sorted(out)
 
+    def read_parquet(self, rel: str, **kwargs):
+        """Every `.parquet` part under `rel` as one pyarrow table (kwargs: `columns`, `filters`),
+        or None when there is none."""
+        import pyarrow.parquet as pq
+
+        parts = self.list(rel, suffix=".parquet")
+        if not parts:
+            return None
+        return self._retry("read", rel, lambda: pq.read_table(
+            [self.path(p) for p in parts], filesystem=self.filesystem, **kwargs))
+
     def delete(self, rel: str) -> None:
         """Remove a file or folder (missing is fine)."""
         fs, target = self.filesystem, self.path(rel)

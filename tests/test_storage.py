@@ -91,3 +91,16 @@ def test_s3_outage_of_a_few_seconds_is_ridden_out(s3_server, s3_bucket):
         restarter.join()
     assert store.read_json("during.json") == {"ok": 2}
     assert store.read_json("before.json") == {"ok": 1}
+
+
+def test_read_parquet_reads_every_part_of_a_folder_as_one_table(tmp_path):
+    import pyarrow as pa
+
+    from mitune_ray.records import to_parquet_bytes
+
+    store = Store(str(tmp_path))
+    assert store.read_parquet("selected") is None
+    store.write_bytes("selected/part-a.parquet", to_parquet_bytes(pa.table({"x": [1, 2], "y": [0, 0]})))
+    store.write_bytes("selected/part-b.parquet", to_parquet_bytes(pa.table({"x": [3], "y": [0]})))
+    table = store.read_parquet("selected", columns=["x"])
+    assert table.column_names == ["x"] and sorted(table.column("x").to_pylist()) == [1, 2, 3]

@@ -151,11 +151,10 @@ def image_change(store: Store, version: str, base: str = "eval-base") -> float:
     from mitune_ray.imaging import from_png
 
     def pngs(v: str) -> dict:
-        parts = store.list(f"{v}/eval/selected", suffix=".parquet")
-        t = pq.read_table([store.path(p) for p in parts], columns=["prompt_id", "candidate", "png"],
-                          filesystem=store.filesystem)
-        return {(i, c): png for i, c, png in zip(*(t.column(n).to_pylist()
-                                                  for n in ("prompt_id", "candidate", "png")))}
+        columns = ["prompt_id", "candidate", "png"]
+        t = store.read_parquet(f"{v}/eval/selected", columns=columns)
+        return {} if t is None else {
+            (i, c): png for i, c, png in zip(*(t.column(n).to_pylist() for n in columns))}
 
     before, after = pngs(base), pngs(version)
     diffs = [np.abs(from_png(before[k]).astype(np.float32) - from_png(after[k])).mean()
@@ -168,11 +167,10 @@ def selected_quality(store: Store, version: str) -> dict:
     from mitune_ray.imaging import from_png
     from mitune_ray.shapes.checker import check
 
-    parts = store.list(f"{version}/selected", suffix=".parquet")
-    table = pq.read_table([store.path(p) for p in parts], columns=["prompt", "png"],
-                          filesystem=store.filesystem)
-    results = [check(text, from_png(png)) for text, png in
-               zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
+    table = store.read_parquet(f"{version}/selected", columns=["prompt", "png"])
+    results = [] if table is None else [
+        check(text, from_png(png))
+        for text, png in zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
     return {"rows": len(results),
             "fully_correct": float(np.mean([r.all_correct for r in results])) if results else 0.0,
             "fraction": float(np.mean([r.fraction for r in results])) if results else 0.0}
