@@ -20,7 +20,8 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,
                                  threads=args.threads)
-    print(f"model written to {args.out}: {metrics}")
+    print(f"model written to {args.out}: {metrics['unet_steps']} UNet steps in "
+          f"{metrics['total_seconds'] / 60:.0f} min (all metrics in train_metrics.json there)")
     return 0
 
 

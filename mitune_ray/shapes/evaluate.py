@@ -1,6 +1,7 @@
 """Sample a ShapesWorld pipeline and score the images with the exact checker.
 
     python -m mitune_ray.shapes.evaluate mitune_ray/assets/shapes_model  # train / held-out rates
+    python -m mitune_ray.shapes.evaluate FOLDER 100 --json FOLDER/eval_metrics.json
 
 Example:
     >>> from mitune_ray.shapes.model import assemble_pipeline  # doctest: +SKIP
@@ -10,14 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mitune_ray.shapes.checker import check
-from mitune_ray.shapes.prompts import eval_prompts, train_prompts
+from mitune_ray.shapes.prompts import eval_prompts, parse_prompt, train_prompts
 
 GUIDANCE = 7.5  # SD's default, and the reference implementation's
 STEPS = 50  # DDPM steps: enough for 8 x 8 latents (100 changes the rates by a point or two)
@@ -50,11 +53,17 @@ def generate(pipe, prompts: list[str], *, seed: int = 0, steps: int = STEPS,
     return Samples(list(prompts), np.concatenate(images))
 
 
-def score(samples: Samples) -> dict[str, float]:
-    """Fully-correct rate and mean fraction of facts that hold, by the checker."""
+def score(samples: Samples) -> dict:
+    """Fully-correct rate and mean fraction of facts that hold, by the checker; and the
+    fully-correct rate of one- and two-object prompts, each as [rate, number of prompts]."""
     results = [check(p, im) for p, im in zip(samples.prompts, samples.images)]
-    return {"all_correct": float(np.mean([r.all_correct for r in results])),
-            "fraction": float(np.mean([r.fraction for r in results])), "n": len(results)}
+    out: dict = {"all_correct": float(np.mean([r.all_correct for r in results])),
+                 "fraction": float(np.mean([r.fraction for r in results])), "n": len(results)}
+    n_objects = [len(parse_prompt(p).objects) for p in samples.prompts]
+    for k in (1, 2):
+        ok = [r.all_correct for r, n in zip(results, n_objects) if n == k]
+        out[f"all_correct_{k}obj"] = [float(np.mean(ok)) if ok else None, len(ok)]
+    return out
 
 
 def evaluate(pipe, prompts: list[str], *, seed: int = 0, steps: int = STEPS,
@@ -74,15 +83,27 @@ def grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return out
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> dict:
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(argv[0])
+    parser = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.evaluate",
+                                     description="checker rates of a ShapesWorld model")
+    parser.add_argument("model", help="a diffusers folder (e.g. mitune_ray/assets/shapes_model)")
+    parser.add_argument("n", nargs="?", type=int, default=100, help="prompts per split")
+    parser.add_argument("--json", help="also write the rates to this file")
+    args = parser.parse_args(argv)
+    pipe = StableDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    n = int(argv[1]) if len(argv) > 1 else 100
-    for name, prompts in (("train", train_prompts(n)), ("held-out", eval_prompts(n))):
-        print(name, evaluate(pipe, prompts))
+    metrics = {}
+    for name, prompts in (("train", train_prompts(args.n)), ("heldout", eval_prompts(args.n))):
+        start = time.monotonic()
+        metrics[name] = evaluate(pipe, prompts) | {"seconds": round(time.monotonic() - start)}
+        print(name, metrics[name])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

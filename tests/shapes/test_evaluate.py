@@ -1,0 +1,46 @@
+"""Scoring a model's samples: overall rates and the one- / two-object breakdown."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from mitune_ray.shapes.evaluate import Samples, grid, score
+from mitune_ray.shapes.prompts import describe
+from mitune_ray.shapes.world import IMAGE_SIZE, Scene, random_scene, render
+
+
+def _ground_truth(n: int, seed: int) -> tuple[Samples, list[Scene]]:
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, split="eval") for _ in range(n)]
+    return Samples([describe(s, rng) for s in scenes],
+                   np.stack([render(s, seed=i) for i, s in enumerate(scenes)])), scenes
+
+
+def test_score_of_ground_truth_is_all_correct_with_the_object_breakdown():
+    samples, scenes = _ground_truth(12, seed=3)
+    out = score(samples)
+    singles = sum(len(s.objects) == 1 for s in scenes)
+    assert 0 < singles < 12
+    assert (out["all_correct"], out["fraction"], out["n"]) == (1.0, 1.0, 12)
+    assert out["all_correct_1obj"][1] + out["all_correct_2obj"][1] == 12
+    assert out["all_correct_1obj"][1] == singles
+    assert all(rate in (1.0, None) for rate, _ in (out["all_correct_1obj"], out["all_correct_2obj"]))
+
+
+def test_score_catches_missing_objects():
+    samples, _ = _ground_truth(12, seed=4)
+    blank = np.full_like(samples.images, 255)  # nothing drawn: every stated object is missing
+    out = score(Samples(samples.prompts, blank))
+    assert out["all_correct"] == 0.0 and out["fraction"] < 0.5
+    assert out["all_correct_2obj"][0] in (0.0, None)
+
+
+def test_grid_tiles_images_row_by_row():
+    images = np.zeros((5, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    images[4] = 7
+    tiled = grid(images, columns=2)
+    assert tiled.shape == (3 * IMAGE_SIZE, 2 * IMAGE_SIZE, 3)
+    assert (tiled[2 * IMAGE_SIZE:, :IMAGE_SIZE] == 7).all()
+    assert (tiled[2 * IMAGE_SIZE:, IMAGE_SIZE:] == 255).all()  # padding is white
