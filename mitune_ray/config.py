@@ -66,6 +66,18 @@ class MISection(Section):
     reduction: Literal["integral", "mean"] = "integral"  # nats, or the reference's step average
     renoise_draws: int = Field(32, ge=2)  # K shared (t, eps) draws per prompt
     renoise_sampling: Literal["uniform", "importance"] = "uniform"
+    # What each re-noising draw measures: "orthogonal" is the paper's kappa * ||eps_c - eps_u||^2;
+    # "standard" is kappa * (||eps - eps_u||^2 - ||eps - eps_c||^2) with the draw's own noise eps,
+    # the point-wise estimate of log p(z|p) - log p(z) (renoise only, epsilon-prediction models).
+    form: Literal["orthogonal", "standard"] = "orthogonal"
+
+    @model_validator(mode="after")
+    def _standard_needs_renoise(self):
+        if self.form == "standard" and self.estimator != "renoise":
+            raise ValueError(
+                f"mi.form=standard needs mi.estimator=renoise (got {self.estimator!r}): only a "
+                "re-noising draw knows the noise it added; set mi.estimator=renoise")
+        return self
 
 
 class PruneSection(Section):

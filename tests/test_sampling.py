@@ -96,6 +96,18 @@ def test_renoise_estimator_mode_scores_with_standard_errors(pipes, name):
     assert [s.index for s in res.selected] == sorted(range(5), key=lambda i: -res.mi[i])[:2]
 
 
+def test_standard_form_re_noises_with_the_same_draws_and_can_be_negative(pipes):
+    renoise = {"estimator": "renoise", "renoise_draws": 6}
+    orthogonal = make(pipes, "sd", mi=renoise).generate(PROMPTS[:1], 1, decode=False)[0]
+    standard = make(pipes, "sd", mi=renoise | {"form": "standard"}).generate(
+        PROMPTS[:1], 1, decode=False)[0]
+    assert all(math.isfinite(v) for v in standard.mi) and all(e > 0 for e in standard.mi_stderr)
+    assert not np.allclose(orthogonal.mi, standard.mi)
+    assert min(orthogonal.mi) >= 0  # never negative; the standard form may be
+    with pytest.raises(ValueError, match="mi.form=standard needs an epsilon-prediction DDPM"):
+        make(pipes, "sd3", mi=renoise | {"form": "standard"})
+
+
 def test_guided_velocity_variant_changes_sd3_scores(pipes):
     paper = make(pipes, "sd3").generate(PROMPTS[:1], 1, decode=False)[0].mi
     guided = make(pipes, "sd3", mi={"velocity": "guided"}).generate(PROMPTS[:1], 1, decode=False)[0].mi

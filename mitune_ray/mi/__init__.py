@@ -21,6 +21,7 @@ from mitune_ray.mi.estimators import (
     draw_levels,
     eps_term,
     renoise_mi,
+    standard_eps_term,
     velocity_term,
 )
 from mitune_ray.mi.flow import flow_levels, flow_trajectory_weights
@@ -28,5 +29,5 @@ from mitune_ray.mi.flow import flow_levels, flow_trajectory_weights
 __all__ = [
     "LevelTable", "RenoiseDraws", "TrajectoryMI", "ddpm_levels", "ddpm_trajectory_weights",
     "draw_levels", "eps_term", "flow_levels", "flow_trajectory_weights", "kappa", "renoise_mi",
-    "velocity_term",
+    "standard_eps_term", "velocity_term",
 ]

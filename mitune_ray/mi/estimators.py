@@ -16,6 +16,16 @@ def eps_term(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     return (cond.float() - uncond.float()).square().flatten(1).sum(1)
 
 
+def standard_eps_term(cond: torch.Tensor, uncond: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """`||eps - uncond||^2 - ||eps - cond||^2` per sample: the re-noising draw's own noise `eps`
+    makes it the point-wise estimate of `log p(z|p) - log p(z)` (the "standard" estimator of Kong
+    et al., ICLR 2024). The paper's `||cond - uncond||^2` (the "orthogonal" one) equals it only in
+    expectation over images drawn for the prompt; point-wise it also rewards an image the prompt's
+    prediction *disagrees* with, and it is never negative."""
+    e = eps.float()
+    return ((e - uncond.float()).square() - (e - cond.float()).square()).flatten(1).sum(1)
+
+
 def velocity_term(
     cond: torch.Tensor, uncond: torch.Tensor, *, guidance: float | None = None
 ) -> torch.Tensor:
@@ -27,6 +37,7 @@ def velocity_term(
 
 
 Term = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TargetTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrajectoryMI:
@@ -130,13 +141,15 @@ Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 
 @torch.no_grad()
 def renoise_mi(
-    predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term
+    predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
+    *, target_term: TargetTerm | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MI of finished latents `z0` (B, ...) by re-noising them with the shared `draws`.
 
     `predict(z_levels, levels)` returns the (conditional, unconditional) predictions for a batch of
     noised latents at the given levels (a row each). Returns the mean over draws and its standard
-    error, per latent. Draws are evaluated one at a time over the whole batch.
+    error, per latent. Draws are evaluated one at a time over the whole batch. `target_term`
+    (e.g. `standard_eps_term`), when given, replaces `term` and also receives the draw's noise.
     """
     per_draw = []
     for j in range(len(draws.index)):
@@ -146,7 +159,8 @@ def renoise_mi(
         z_level = signal * z0 + noise * eps
         levels = torch.full((z0.shape[0],), float(table.levels[row]), device=z0.device)
         cond, uncond = predict(z_level, levels)
-        per_draw.append(float(draws.scale[j]) * term(cond, uncond))
+        value = term(cond, uncond) if target_term is None else target_term(cond, uncond, eps)
+        per_draw.append(float(draws.scale[j]) * value)
     values = torch.stack(per_draw)  # (K, B)
     k = values.shape[0]
     stderr = values.std(0, unbiased=True) / math.sqrt(k) if k > 1 else torch.zeros_like(values[0])

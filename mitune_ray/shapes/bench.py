@@ -53,6 +53,14 @@ class Scale:
     # prompt: the paper's train/validation prompts of one category) or "train" (the base
     # model's own training split: improvements must then transfer to unseen combinations).
     tune_split: str = "tune"
+    # How every arm's MI is estimated (the "mi" arm selects by it): "paper" (the trajectory
+    # estimator, MI-TUNE's default) or "standard" (re-noising the final latent, K = 16, with the
+    # point-wise standard form; see part 1).
+    mi: str = "paper"
+
+
+MI_SETTINGS = {"paper": [], "standard": ["mi.estimator=renoise", "mi.renoise_draws=16",
+                                         "mi.form=standard"]}
 
 
 QUICK = Scale(agree_prompts=3, agree_candidates=4, steps=6, train_prompts=6, eval_prompts=4,
@@ -74,6 +82,8 @@ def _variants(scale: Scale) -> dict[str, MISection]:
         "trajectory t>0": MISection(t_min=0),
         "trajectory t>300 (high noise)": MISection(t_min=300),
         "renoise K=16 (final latent)": MISection(estimator="renoise", renoise_draws=16),
+        "renoise K=16, standard form": MISection(estimator="renoise", renoise_draws=16,
+                                                 form="standard"),
     }
 
 
@@ -133,7 +143,7 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
         "train.cpus_per_worker=0.5", f"train.checkpoint_every={max(1, scale.train_steps // 3)}",
         "train.validation_prompts=2", "train.validation_candidates=2",
         "eval.metrics=[mi,shapes]", f"eval.candidates={scale.eval_candidates}",
-        "ray.num_cpus=4"])
+        "ray.num_cpus=4", *MI_SETTINGS[scale.mi]])
 
 
 def _correct_by_prompt(store: Store, version: str) -> dict[str, float]:
@@ -249,10 +259,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tune-split", choices=("tune", "train"), default="tune",
                         help="prompts tuned on: held-out combinations disjoint from the "
                              "evaluation prompts (default), or the base model's training split")
+    parser.add_argument("--mi", choices=tuple(MI_SETTINGS), default="paper",
+                        help="the MI estimator of the arms: the paper's trajectory estimator, or "
+                             "re-noising with the point-wise standard form")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else Scale()
     changes = {"rounds": args.rounds} if args.rounds else {}
-    scale = Scale(**(asdict(scale) | changes | {"tune_split": args.tune_split}))
+    scale = Scale(**(asdict(scale) | changes | {"tune_split": args.tune_split, "mi": args.mi}))
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_agreement:

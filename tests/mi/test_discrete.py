@@ -7,6 +7,7 @@ import torch
 
 from mitune_ray.mi import (
     TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, kappa, renoise_mi,
+    standard_eps_term,
 )
 from tests.mi.gaussian import DT, GaussianWorld, sd_alphas_cumprod, snr
 
@@ -114,6 +115,44 @@ def test_renoise_estimator_recovers_gaussian_mi(sampling):
     s = snr(abar)
     assert mi.mean().item() == pytest.approx(world.mi_between_snr(s[-1].item(), s[1].item()), rel=0.03)
     assert (stderr > 0).all() and stderr.mean().item() < 0.15 * mi.mean().item()
+
+
+def _log_density_ratio(world: GaussianWorld, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact point-wise MI, log p(x|y) - log p(x), of the Gaussian world."""
+
+    def log_normal(mean, cov):
+        d = x - mean
+        return -0.5 * ((d @ torch.linalg.inv(cov)) * d).sum(1) - 0.5 * torch.logdet(cov)
+
+    return log_normal(y @ world.B.T, world.S) - log_normal(torch.zeros_like(x), world.sigma_x)
+
+
+def test_standard_form_is_point_wise_and_the_orthogonal_form_is_not():
+    # Point-wise, the paper's ||eps_c - eps_u||^2 is not log p(x|y) - log p(x): it is never
+    # negative, and it grows when the prompt's prediction disagrees with the image. Re-noising
+    # with the draw's own noise (the standard form) tracks the exact value pair by pair.
+    world, abar = GaussianWorld(), sd_alphas_cumprod()
+    g = torch.Generator().manual_seed(5)
+    x, y = world.sample(40, g)
+    table = ddpm_levels(abar, t_min=0)
+    for yy in (y, y[torch.randperm(40, generator=g)]):  # matched, then mismatched pairs
+        exact = _log_density_ratio(world, x, yy)
+        draws = draw_levels(table, 4000, (world.d,), generator=g)
+
+        def predict(z, levels, yy=yy):
+            t = int(levels[0])
+            a, n = abar[t].sqrt().item(), (1 - abar[t]).sqrt().item()
+            return world.eps_hat(z, a, n, yy), world.eps_hat(z, a, n)
+
+        standard, stderr = renoise_mi(predict, x, table, draws, eps_term,
+                                      target_term=standard_eps_term)
+        orthogonal, _ = renoise_mi(predict, x, table, draws, eps_term)
+        assert torch.corrcoef(torch.stack([standard, exact.float()]))[0, 1] > 0.99
+        assert (standard - exact).abs().mean() < 3 * stderr.mean() + 0.05
+        assert torch.corrcoef(torch.stack([orthogonal, exact.float()]))[0, 1] < 0
+    # Mismatched pairs: mostly negative MI, which only the standard form can say.
+    assert exact.mean() < -3 and (orthogonal > 0).all()
+    assert ((standard < 0) == (exact < 0)).float().mean() > 0.9
 
 
 def test_estimates_are_exactly_zero_when_predictions_coincide():

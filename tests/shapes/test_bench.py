@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mitune_ray.shapes.bench import paired_gain
+from mitune_ray.shapes.bench import Scale, _arm_config, paired_gain
 from tests.runs import dump, run_cli
 
 
@@ -42,3 +42,12 @@ def test_paired_gain_bootstraps_over_prompts():
     assert g["gain"] == 0.375 and g["prompts"] == 4
     assert 0.0 <= g["ci"][0] <= g["gain"] <= g["ci"][1] <= 1.0
     assert (g["base_rate"], g["tuned_rate"]) == (0.375, 0.75)
+
+
+def test_arms_use_the_chosen_mi_estimator(tmp_path):
+    paper = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
+    standard = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(mi="standard"), quick=False)
+    assert (paper.mi.estimator, paper.mi.form) == ("trajectory", "orthogonal")
+    assert (standard.mi.estimator, standard.mi.form, standard.mi.renoise_draws) == (
+        "renoise", "standard", 16)
+    assert standard.generate.select_by == "mi" and standard.run.uri.endswith("/mi")
