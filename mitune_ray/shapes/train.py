@@ -36,14 +36,14 @@ from mitune_ray.shapes.world import IMAGE_SIZE, Scene, random_scene, render
 class TrainSettings:
     """Step counts and optimisation settings; the defaults make the shipped model (~85 min)."""
 
-    pool_size: int = 60_000  # rendered training scenes (~0.4 ms each); ~8 epochs of 15,000 x 32
+    pool_size: int = 60_000  # rendered training scenes (~0.4 ms each); ~7 epochs of 13,000 x 32
     p_single: float = 0.3  # share of one-object scenes: they are learnt early, binding two is not
     vae_steps: int = 3000  # small batches of crops: many updates, which a tiny VAE needs most
     vae_batch: int = 32
     vae_crop: int = 32  # pixels; the VAE is convolutional: crops learn colours and edges 4x cheaper
     vae_lr: float = 2e-3
     kl_weight: float = 1e-4  # per latent element: smooth latents; 1e-3 cost colour fidelity
-    unet_steps: int = 20_000  # a cap: on an idle 2-core machine the time budget ends it (~15,000)
+    unet_steps: int = 20_000  # a cap: on an idle 2-core machine the time budget ends it (~13,000)
     unet_batch: int = 32
     unet_lr: float = 5e-4
     warmup_steps: int = 200

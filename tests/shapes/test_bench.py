@@ -17,6 +17,7 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
 
     variants = result["agreement"]["variants"]
     assert "trajectory t>50 (paper)" in variants and "renoise K=16 (final latent)" in variants
+    assert "renoise K=16, standard form" in variants and result["scale"]["mi"] == "standard"
     for name, v in variants.items():
         low, high = v["tau_checker_ci"]
         assert -1.0 <= low <= v["tau_checker"] <= high <= 1.0 or v["prompts_used"] == 0, name
@@ -45,8 +46,8 @@ def test_paired_gain_bootstraps_over_prompts():
 
 
 def test_arms_use_the_chosen_mi_estimator(tmp_path):
-    paper = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
-    standard = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(mi="standard"), quick=False)
+    paper = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(mi="paper"), quick=False)
+    standard = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
     assert (paper.mi.estimator, paper.mi.form) == ("trajectory", "orthogonal")
     assert (standard.mi.estimator, standard.mi.form, standard.mi.renoise_draws) == (
         "renoise", "standard", 16)
