@@ -60,8 +60,8 @@ class Scale:
     mi: str = "standard"
 
 
-MI_SETTINGS = {"paper": [], "standard": ["mi.estimator=renoise", "mi.renoise_draws=16",
-                                         "mi.form=standard"]}
+MI_SETTINGS = {"paper": MISection(),
+               "standard": MISection(estimator="renoise", renoise_draws=16, form="standard")}
 
 
 QUICK = Scale(agree_prompts=3, agree_candidates=4, steps=6, train_prompts=6, eval_prompts=4,
@@ -83,8 +83,7 @@ def _variants(scale: Scale) -> dict[str, MISection]:
         "trajectory t>0": MISection(t_min=0),
         "trajectory t>300 (high noise)": MISection(t_min=300),
         "renoise K=16 (final latent)": MISection(estimator="renoise", renoise_draws=16),
-        "renoise K=16, standard form": MISection(estimator="renoise", renoise_draws=16,
-                                                 form="standard"),
+        "renoise K=16, standard form": MI_SETTINGS["standard"],
     }
 
 
@@ -144,7 +143,8 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
         "train.cpus_per_worker=0.5", f"train.checkpoint_every={max(1, scale.train_steps // 3)}",
         "train.validation_prompts=2", "train.validation_candidates=2",
         "eval.metrics=[mi,shapes]", f"eval.candidates={scale.eval_candidates}",
-        "ray.num_cpus=4", *MI_SETTINGS[scale.mi]])
+        "ray.num_cpus=4", *(f"mi.{key}={value}" for key, value in
+                            MI_SETTINGS[scale.mi].model_dump(exclude_defaults=True).items())])
 
 
 def _correct_by_prompt(store: Store, version: str) -> dict[str, float]:
