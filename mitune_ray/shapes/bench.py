@@ -39,15 +39,18 @@ class Scale:
     agree_prompts: int = 128  # 16 gave intervals of +-0.2: too wide to tell tau 0.1 from 0
     agree_candidates: int = 8
     steps: int = 25
-    train_prompts: int = 48
-    eval_prompts: int = 48
+    # Part 2's fine-tuning step: a GPU sweep in one process (`python -m mitune_ray.shapes.sweep`,
+    # H100, 2026-11-27) found that 46 kept images a round (48 prompts, keep 1) at lr 1e-4 move
+    # nothing, and that 6e-4 memorises them; 384 kept images (192 prompts, keep 2), 150 steps of
+    # 16 at lr 3e-4 raise the oracle arm by +10 points in one round.
+    train_prompts: int = 192
+    keep: int = 2
+    eval_prompts: int = 128
     candidates: int = 16
     rounds: int = 3
-    train_steps: int = 48
-    train_batch: int = 8
-    # The paper's lr. 6e-4 (48 steps moving weights as far as the paper's 300 x 1e-4) collapsed
-    # even the oracle arm: 46 kept images, each seen ~17 times a round, are overfitted.
-    lr: float = 1e-4
+    train_steps: int = 150
+    train_batch: int = 8  # per worker; two workers
+    lr: float = 3e-4
     eval_candidates: int = 2
     # Prompts MI-TUNE tunes on: "tune" (held-out combinations, none restating an evaluation
     # prompt: the paper's train/validation prompts of one category) or "train" (the base
@@ -64,7 +67,7 @@ MI_SETTINGS = {"paper": MISection(),
                "standard": MISection(estimator="renoise", renoise_draws=16, form="standard")}
 
 
-QUICK = Scale(agree_prompts=3, agree_candidates=4, steps=6, train_prompts=6, eval_prompts=4,
+QUICK = Scale(agree_prompts=3, agree_candidates=4, steps=6, train_prompts=6, keep=1, eval_prompts=4,
               candidates=3, rounds=1, train_steps=2, train_batch=2, eval_candidates=1)
 
 
@@ -134,7 +137,7 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
         f"model.path={model_path}",
         f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
         f"prompts.eval=[shapes:eval:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
-        f"generate.candidates={scale.candidates}", "generate.keep=1",
+        f"generate.candidates={scale.candidates}", f"generate.keep={scale.keep}",
         f"generate.steps={scale.steps}", "generate.max_batch=64",
         f"generate.prompts_per_batch={4 if quick else 8}", f"generate.actors={actors}",
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
@@ -247,6 +250,34 @@ def svg_plot(result: dict) -> str:
     return html if 'xmlns=' in html else html.replace("<svg", '<svg xmlns="http://www.w3.org/2000/svg"', 1)
 
 
+def scale_changes(items: list[str]) -> dict:
+    """`["lr=3e-4", ...]` as typed `Scale` field values; a clear error for unknown fields or
+    values of the wrong type.
+
+        >>> scale_changes(["train_prompts=96", "lr=3e-4"])
+        {'train_prompts': 96, 'lr': 0.0003}
+    """
+    from mitune_ray.errors import MituneError
+
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        field = Scale.__dataclass_fields__.get(key.strip())
+        if not sep or field is None:
+            raise MituneError(f"--scale {item!r}: expected FIELD=VALUE with FIELD one of "
+                              f"{', '.join(Scale.__dataclass_fields__)}")
+        kind = type(getattr(Scale(), field.name))
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise MituneError(f"--scale {item!r}: {field.name} takes a {kind.__name__}, "
+                              f"not {text.strip()!r}") from None
+        if kind in (int, float) and value <= 0:
+            raise MituneError(f"--scale {item!r}: {field.name} must be above 0")
+        out[field.name] = value
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mitune shapes bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="bundled:shapes")
@@ -255,6 +286,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-agreement", action="store_true")
     parser.add_argument("--skip-mitune", action="store_true")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--scale", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one workload setting, e.g. --scale train_prompts=48 "
+                             f"(fields: {', '.join(Scale.__dataclass_fields__)})")
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="selection arms to run: mi, random, checker (comma-separated)")
     parser.add_argument("--tune-split", choices=("tune", "train"), default="tune",
@@ -266,6 +300,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else Scale()
     changes = {"rounds": args.rounds} if args.rounds else {}
+    changes |= scale_changes(args.scale)
     scale = Scale(**(asdict(scale) | changes | {"tune_split": args.tune_split, "mi": args.mi}))
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
