@@ -16,7 +16,7 @@ from mitune_ray.bench.generation import (
     Workload, make_sampler, reference_style, time_generation,
 )
 from mitune_ray.levers import Levers, optimize
-from mitune_ray.bench.report import Recorder
+from mitune_ray.bench.report import BudgetExceeded, Recorder
 from mitune_ray.errors import MituneError
 
 CPU = torch.device("cpu")
@@ -188,6 +188,21 @@ def test_recorder_skips_on_out_of_memory_and_spent_budget():
     assert rec.run("b", "generate", lambda: 1 / 0).status == "failed"
     spent = Recorder(CPU, budget_s=0.0, log=lambda line: None)
     m = spent.run("c", "generate", lambda: {"x": 1})
+    assert m.status == "skipped" and "budget" in m.reason
+
+
+def test_budget_alarm_inside_a_compiler_is_a_skip_not_a_failure():
+    """torch.compile's tracer turns the alarm into its own error, without the cause (H100 run)."""
+    rec = Recorder(CPU, budget_s=60.0, log=lambda line: None)
+
+    def compiling():
+        try:
+            raise BudgetExceeded
+        except BudgetExceeded:
+            raise RuntimeError("RuntimeError when making fake tensor call: got BudgetExceeded()"
+                               ) from None
+
+    m = rec.run("d", "generate", compiling)
     assert m.status == "skipped" and "budget" in m.reason
 
 
