@@ -126,9 +126,10 @@ def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
     generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=eval_store,
                    shards=shards, out=out, split="eval", expected_prompts=n,
                    exclude=frozenset(all_ids - set(categories)), with_tensors=False, log=recipe.log)
-    parts = out.list("selected", suffix=".parquet")
-    table = pq.read_table([out.path(p) for p in parts], filesystem=out.filesystem,
-                          columns=["prompt_id", "prompt", "candidate", "seed", "mi", "png"])
+    table = out.read_parquet("selected", columns=["prompt_id", "prompt", "candidate", "seed", "mi",
+                                                  "png"])
+    if table is None:
+        raise MituneError(f"evaluation of {name} wrote no images to {out.child_uri('selected')}")
     table = table.sort_by([("prompt_id", "ascending"), ("candidate", "ascending")])
     values = _metric_columns(recipe, table)
     cats = [categories[p] for p in table.column("prompt_id").to_pylist()]

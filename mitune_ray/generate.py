@@ -178,12 +178,8 @@ class GenerateUDF:
 
 def done_prompt_ids(out: Store) -> set[str]:
     """Prompt ids already in the selected set at `out` (written whole, so complete)."""
-    parts = out.list("selected", suffix=".parquet")
-    if not parts:
-        return set()
-    table = pq.read_table([out.path(p) for p in parts], columns=["prompt_id"],
-                          filesystem=out.filesystem)
-    return set(table.column("prompt_id").to_pylist())
+    table = out.read_parquet("selected", columns=["prompt_id"])
+    return set() if table is None else set(table.column("prompt_id").to_pylist())
 
 
 def _keep_todo(batch: pa.Table, split: str, done: frozenset[str]) -> pa.Table:
