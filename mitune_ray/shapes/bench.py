@@ -270,7 +270,8 @@ def scale_changes(items: list[str]) -> dict:
         try:
             value = kind(text.strip())
         except ValueError:
-            raise MituneError(f"--scale {item!r}: {field.name} takes a {kind.__name__}, "
+            what = {int: "an integer", float: "a number"}.get(kind, "a string")
+            raise MituneError(f"--scale {item!r}: {field.name} takes {what}, "
                               f"not {text.strip()!r}") from None
         if kind in (int, float) and value <= 0:
             raise MituneError(f"--scale {item!r}: {field.name} must be above 0")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
-from mitune_ray.shapes.bench import Scale, _arm_config, paired_gain
+import pytest
+
+from mitune_ray.errors import MituneError
+from mitune_ray.shapes.bench import Scale, _arm_config, paired_gain, scale_changes
 from tests.runs import dump, run_cli
 
 
@@ -52,3 +56,19 @@ def test_arms_use_the_chosen_mi_estimator(tmp_path):
     assert (standard.mi.estimator, standard.mi.form, standard.mi.renoise_draws) == (
         "renoise", "standard", 16)
     assert standard.generate.select_by == "mi" and standard.run.uri.endswith("/mi")
+
+
+def test_scale_changes_reach_the_arm_config(tmp_path):
+    scale = Scale(**(asdict(Scale()) | scale_changes(["train_prompts=96", "keep=3", "lr=5e-4"])))
+    cfg = _arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
+    assert cfg.prompts.train == ["shapes:tune:96"]
+    assert (cfg.generate.keep, cfg.train.lr, cfg.train.steps) == (3, 5e-4, Scale().train_steps)
+
+
+@pytest.mark.parametrize("item, words", [
+    ("lr", "FIELD=VALUE"), ("speed=3", "FIELD=VALUE"), ("keep=two", "takes an integer"),
+    ("train_steps=0", "above 0")])
+def test_bad_scale_changes_are_one_line_errors(item, words):
+    with pytest.raises(MituneError) as err:
+        scale_changes([item])
+    assert words in str(err.value) and item in str(err.value) and "\n" not in str(err.value)
