@@ -275,6 +275,9 @@ def scale_changes(items: list[str]) -> dict:
                               f"not {text.strip()!r}") from None
         if kind in (int, float) and value <= 0:
             raise MituneError(f"--scale {item!r}: {field.name} must be above 0")
+        choices = {"mi": tuple(MI_SETTINGS), "tune_split": ("tune", "train")}.get(field.name)
+        if choices and value not in choices:
+            raise MituneError(f"--scale {item!r}: {field.name} is one of {', '.join(choices)}")
         out[field.name] = value
     return out
 

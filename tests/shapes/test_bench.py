@@ -67,7 +67,7 @@ def test_scale_changes_reach_the_arm_config(tmp_path):
 
 @pytest.mark.parametrize("item, words", [
     ("lr", "FIELD=VALUE"), ("speed=3", "FIELD=VALUE"), ("keep=two", "takes an integer"),
-    ("train_steps=0", "above 0")])
+    ("train_steps=0", "above 0"), ("mi=best", "one of paper, standard")])
 def test_bad_scale_changes_are_one_line_errors(item, words):
     with pytest.raises(MituneError) as err:
         scale_changes([item])
