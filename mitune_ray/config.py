@@ -199,11 +199,13 @@ class Config(Section):
         """A hash of the settings that determine a run's results (not where it runs)."""
         data = self.to_dict()
         # Evaluation settings are left out: they never change what a round trains, so a run can
-        # be evaluated later with other metrics without being refused as a different run.
+        # be evaluated later with other metrics without being refused as a different run. So is
+        # the number of rounds: round r is the same in a run of 3 or of 5, so a finished run can
+        # be extended (`run.rounds=5` on the same run.uri) and resumes at round 4.
         keep = sections or ("model", "prompts", "generate", "mi", "train")
         data = {k: data[k] for k in keep}
         data["run"] = {k: v for k, v in self.run.model_dump().items()
-                       if k not in ("allow_config_change", "evaluate", "uri")}
+                       if k not in ("allow_config_change", "evaluate", "uri", "rounds")}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

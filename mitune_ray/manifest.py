@@ -90,7 +90,8 @@ class Manifest:
     # -- creation and config --------------------------------------------------------------------
 
     def create_or_check(self, config: dict, fingerprint: str, *, allow_change: bool) -> None:
-        """Create the manifest, or refuse to resume a run stored with another config."""
+        """Create the manifest, or refuse to resume a run stored with another config (another
+        fingerprint); settings outside the fingerprint replace the stored ones."""
         with self._lock:
             if not self._data:
                 self._data = {"config": config, "fingerprint": fingerprint,
@@ -108,6 +109,11 @@ class Manifest:
                 self._data.setdefault("config_history", []).append(
                     {"fingerprint": stored, "config": self._data.get("config")})
                 self._data.update(config=config, fingerprint=fingerprint)
+                self._write()
+            elif self._data.get("config") != config:
+                # Settings outside the fingerprint (more rounds, other evaluation metrics): the
+                # stored config is the one in effect, so `mitune status` counts the new rounds.
+                self._data["config"] = config
                 self._write()
 
     # -- the lease ------------------------------------------------------------------------------

@@ -70,3 +70,6 @@ def test_fingerprint_tracks_results_not_location_or_evaluation():
     b = load_config(None, ["run.uri=s3://b/c", "eval.candidates=5", "run.evaluate=true"])
     c = load_config(None, ["generate.candidates=8"])
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    longer = load_config(None, ["run.rounds=5"])  # extending a run: round r does not change
+    assert longer.fingerprint() == a.fingerprint()
+    assert load_config(None, ["run.chaining=continue"]).fingerprint() != a.fingerprint()

@@ -34,6 +34,15 @@ def test_a_different_config_is_refused_unless_allowed(tmp_path):
     assert m.data["fingerprint"] == "f2" and m.data["config_history"][0]["fingerprint"] == "f1"
 
 
+def test_settings_outside_the_fingerprint_replace_the_stored_config(tmp_path):
+    store = Store(str(tmp_path))
+    Manifest(store).create_or_check({"run": {"rounds": 1}}, "f1", allow_change=False)
+    m = Manifest(store)
+    m.create_or_check({"run": {"rounds": 3}}, "f1", allow_change=False)  # extended, same results
+    again = Manifest(store)
+    assert again.data["config"] == {"run": {"rounds": 3}} and "config_history" not in again.data
+
+
 def test_second_driver_is_refused_while_the_lease_is_held(tmp_path):
     store = Store(str(tmp_path))
     first = Manifest(store)
