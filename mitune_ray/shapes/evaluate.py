@@ -91,13 +91,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("model", help="a diffusers folder (e.g. mitune_ray/assets/shapes_model)")
     parser.add_argument("n", nargs="?", type=int, default=100, help="prompts per split")
     parser.add_argument("--json", help="also write the rates to this file")
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help="classifier-free guidance")
+    parser.add_argument("--steps", type=int, default=STEPS, help="DDPM steps")
+    parser.add_argument("--seeds", type=int, default=1, help="images per prompt (seeds 0, n, 2n...)")
+    parser.add_argument("--splits", default="train,heldout", help="train, heldout or both")
     args = parser.parse_args(argv)
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     metrics = {}
-    for name, prompts in (("train", train_prompts(args.n)), ("heldout", eval_prompts(args.n))):
-        start = time.monotonic()
-        metrics[name] = evaluate(pipe, prompts) | {"seconds": round(time.monotonic() - start)}
+    splits = {"train": train_prompts, "heldout": eval_prompts}
+    for name in args.splits.split(","):
+        start, prompts = time.monotonic(), splits[name](args.n)
+        # Seed s of prompt i draws its noise from s * n + i: every image has its own noise.
+        samples = [generate(pipe, prompts, seed=s * args.n, steps=args.steps,
+                            guidance=args.guidance) for s in range(args.seeds)]
+        metrics[name] = score(Samples(prompts * args.seeds,
+                                      np.concatenate([x.images for x in samples]))) | {
+            "seconds": round(time.monotonic() - start), "guidance": args.guidance,
+            "steps": args.steps, "seeds": args.seeds}
         print(name, metrics[name])
     if args.json:
         with open(args.json, "w") as f:

@@ -44,3 +44,19 @@ def test_grid_tiles_images_row_by_row():
     assert tiled.shape == (3 * IMAGE_SIZE, 2 * IMAGE_SIZE, 3)
     assert (tiled[2 * IMAGE_SIZE:, :IMAGE_SIZE] == 7).all()
     assert (tiled[2 * IMAGE_SIZE:, IMAGE_SIZE:] == 255).all()  # padding is white
+
+
+def test_cli_scores_several_seeds_at_the_asked_guidance(tmp_path):
+    import json
+    from importlib.resources import files
+
+    from mitune_ray.shapes.evaluate import main
+
+    model = str(files("mitune_ray.assets") / "shapes_model")
+    out = tmp_path / "m.json"
+    metrics = main([model, "3", "--steps", "2", "--seeds", "2", "--guidance", "12",
+                    "--splits", "heldout", "--json", str(out)])
+    assert set(metrics) == {"heldout"} and json.loads(out.read_text()) == metrics
+    got = metrics["heldout"]
+    assert (got["n"], got["seeds"], got["guidance"], got["steps"]) == (6, 2, 12.0, 2)
+    assert 0.0 <= got["all_correct"] <= got["fraction"] <= 1.0
