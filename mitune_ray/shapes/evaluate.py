@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,8 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=STEPS, help="DDPM steps")
     parser.add_argument("--seeds", type=int, default=1, help="images per prompt (seeds 0, n, 2n...)")
     parser.add_argument("--splits", default="train,heldout", help="train, heldout or both")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="a trained adapter folder (e.g. RUN/round-001/adapter), fused into "
+                             "the model first; repeat to fuse several in order")
     args = parser.parse_args(argv)
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
+    if args.adapter:
+        from mitune_ray.adapters import load_adapters
+        from mitune_ray.families import family_of_folder
+
+        load_adapters(pipe, family_of_folder(Path(args.model)), args.adapter)
     pipe.set_progress_bar_config(disable=True)
     metrics = {}
     splits = {"train": train_prompts, "heldout": eval_prompts}
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics[name] = score(Samples(prompts * args.seeds,
                                       np.concatenate([x.images for x in samples]))) | {
             "seconds": round(time.monotonic() - start), "guidance": args.guidance,
-            "steps": args.steps, "seeds": args.seeds}
+            "steps": args.steps, "seeds": args.seeds, "adapters": args.adapter}
         print(name, metrics[name])
     if args.json:
         with open(args.json, "w") as f:

@@ -60,3 +60,35 @@ def test_cli_scores_several_seeds_at_the_asked_guidance(tmp_path):
     got = metrics["heldout"]
     assert (got["n"], got["seeds"], got["guidance"], got["steps"]) == (6, 2, 12.0, 2)
     assert 0.0 <= got["all_correct"] <= got["fraction"] <= 1.0
+
+
+def test_cli_fuses_a_trained_adapter_before_sampling(tmp_path, monkeypatch):
+    from importlib.resources import files
+
+    import torch
+
+    import mitune_ray.shapes.evaluate as evaluate
+    from mitune_ray.adapters import dora_config, export_adapter
+    from mitune_ray.config import TrainSection
+    from mitune_ray.families import denoiser, load_pipeline
+
+    model = str(files("mitune_ray.assets") / "shapes_model")
+    pipe, fam = load_pipeline(model)
+    net = denoiser(pipe, fam)
+    base = {k: v.clone() for k, v in net.state_dict().items()}
+    net.add_adapter(dora_config(fam, TrainSection(rank=4)))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    adapter = export_adapter(net, fam, tmp_path / "adapter").parent
+
+    used = []
+    real = evaluate.generate
+    monkeypatch.setattr(evaluate, "generate", lambda p, *a, **k: used.append(p) or real(p, *a, **k))
+    metrics = evaluate.main([model, "2", "--steps", "2", "--splits", "heldout",
+                             "--adapter", str(adapter)])
+    assert metrics["heldout"]["adapters"] == [str(adapter)]
+    fused = used[0].unet.state_dict()
+    moved = [k for k, v in base.items() if k in fused and not torch.equal(fused[k], v)]
+    assert moved and all("lora" not in k for k in fused), "fused into the base weights"
