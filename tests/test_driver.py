@@ -56,6 +56,14 @@ def test_two_rounds_on_s3_resume_after_a_sigkill_in_round_2_generation(tmp_path,
     html = store.read_bytes("report/index.html").decode()
     assert "round-002" in html and store.list("report/images", suffix=".png")
 
+    # A finished run is extended by asking for more rounds: round 3 only, nothing redone.
+    assert run_cli(["run", str(config), "run.rounds=3"], cwd=tmp_path, log=log) == 0, dump(log)
+    extended = stages(read_manifest(store))
+    assert "round-003/train" in extended, dump(log)
+    for name in ("round-001/train", "round-002/generate", "round-002/train"):
+        assert extended[name]["committed_at"] == after[name]["committed_at"], f"{name} was redone"
+    assert read_manifest(store)["config"]["run"]["rounds"] == 3
+
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     assert secret not in log.read_text()
     for name in ("manifest.json", "report/index.html", "prompts/train/report.json"):
