@@ -13,7 +13,8 @@
    fully-correct rate over the base model with a paired 95% bootstrap interval over prompts, and
    how good the selected training sets were (the checker on the kept images).
 
-    mitune shapes bench                 # about 20 minutes per arm (3 rounds) on 2 CPU cores
+    mitune shapes bench                 # 15-25 minutes per arm and round on 2 CPU cores
+    mitune shapes bench --rounds 1 --scale train_prompts=96    # any workload setting
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
