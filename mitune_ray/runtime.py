@@ -24,30 +24,10 @@ def ensure_ray(settings: RaySection | None = None) -> None:
     else:
         # "local": a new cluster for this process, never one a `ray start` left on the machine.
         ray.init(address="local", num_cpus=settings.num_cpus, include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook": "mitune_ray.runtime.local_worker_setup"},
+                 runtime_env={"worker_process_setup_hook": "mitune_ray.ray_worker.local_worker_setup"},
                  **kwargs)
 
 
-# Ray Train's PlacementGroupCleaner asks the state API every second whether the training
-# controller lives; a local cluster started without the dashboard has no state API, so it logged
-# "Failed to query Ray Train Controller actor state" about once a second of training (153 lines
-# in the demo). It only matters when the controller dies without cleaning up, which the driver's
-# own process exit already covers on a local cluster.
-_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-
-
-def local_worker_setup() -> None:
-    """Runs in every worker process of a local cluster this package started.
-
-    Ray's state API finds its cluster by $RAY_ADDRESS or, without it, by looking for running
-    clusters, and fails when it finds two (a test run beside the demo): name this worker's own.
-    """
-    import logging
-
-    import ray
-
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def cluster_has_gpus() -> bool:

@@ -5,7 +5,8 @@ import logging
 import pytest
 
 from mitune_ray.config import RaySection
-from mitune_ray.runtime import _CLEANER_LOGGER, ensure_ray
+from mitune_ray.ray_worker import _CLEANER_LOGGER
+from mitune_ray.runtime import ensure_ray
 
 
 @pytest.fixture
