@@ -75,6 +75,7 @@ class Manifest:
         self._data: dict[str, Any] = store.read_json(MANIFEST) if store.exists(MANIFEST) else {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending_config: dict[str, Any] | None = None
 
     @property
     def exists(self) -> bool:
@@ -111,10 +112,10 @@ class Manifest:
                 self._data.update(config=config, fingerprint=fingerprint)
                 self._write()
             elif self._data.get("config") != config:
-                # Settings outside the fingerprint (more rounds, other evaluation metrics): the
-                # stored config is the one in effect, so `mitune status` counts the new rounds.
-                self._data["config"] = config
-                self._write()
+                # Settings outside the fingerprint (more rounds, other evaluation metrics) become
+                # the stored config, so `mitune status` counts the new rounds; written once the
+                # lease is held, never over the manifest of a driver still running.
+                self._pending_config = config
 
     # -- the lease ------------------------------------------------------------------------------
 
@@ -130,6 +131,8 @@ class Manifest:
                     f"and rerun after {LEASE_TTL_S:.0f}s")
             self._data["lease"] = {"owner": self.owner, "host": socket.gethostname(),
                                    "pid": os.getpid(), "heartbeat": time.time()}
+            if self._pending_config is not None:
+                self._data["config"], self._pending_config = self._pending_config, None
             self._write()
         # Two drivers starting together both write; the later write wins. Check who won.
         time.sleep(0.5)

@@ -28,8 +28,6 @@ def ensure_ray(settings: RaySection | None = None) -> None:
                  **kwargs)
 
 
-
-
 def cluster_has_gpus() -> bool:
     import ray
 

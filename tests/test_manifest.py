@@ -39,6 +39,10 @@ def test_settings_outside_the_fingerprint_replace_the_stored_config(tmp_path):
     Manifest(store).create_or_check({"run": {"rounds": 1}}, "f1", allow_change=False)
     m = Manifest(store)
     m.create_or_check({"run": {"rounds": 3}}, "f1", allow_change=False)  # extended, same results
+    # Not written before the lease is held: another driver may still be running the run.
+    assert Manifest(store).data["config"] == {"run": {"rounds": 1}}
+    m.acquire()
+    m.release()
     again = Manifest(store)
     assert again.data["config"] == {"run": {"rounds": 3}} and "config_history" not in again.data
 
