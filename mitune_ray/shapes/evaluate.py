@@ -68,9 +68,12 @@ def score(samples: Samples) -> dict:
 
 
 def evaluate(pipe, prompts: list[str], *, seed: int = 0, steps: int = STEPS,
-             guidance: float = GUIDANCE) -> dict[str, float]:
-    """Generate one image per prompt and score it: the checker's rates over `prompts`."""
-    return score(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance))
+             guidance: float = GUIDANCE, seeds: int = 1) -> dict[str, float]:
+    """Generate `seeds` images per prompt and score them: the checker's rates over all of them.
+    Image s of prompt i draws its noise from seed `seed + s * len(prompts) + i`: each its own."""
+    samples = [generate(pipe, prompts, seed=seed + s * len(prompts), steps=steps,
+                        guidance=guidance) for s in range(seeds)]
+    return score(Samples(list(prompts) * seeds, np.concatenate([x.images for x in samples])))
 
 
 def grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -100,6 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a trained adapter folder (e.g. RUN/round-001/adapter), fused into "
                              "the model first; repeat to fuse several in order")
     args = parser.parse_args(argv)
+    splits = {"train": train_prompts, "heldout": eval_prompts}
+    unknown = set(args.splits.split(",")) - set(splits)
+    if unknown:
+        parser.error(f"--splits {args.splits}: unknown {', '.join(sorted(unknown))}; use train, "
+                     "heldout or train,heldout")
+    for name in ("n", "steps", "seeds"):
+        if getattr(args, name) < 1:
+            parser.error(f"{name} = {getattr(args, name)} must be at least 1")
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     if args.adapter:
         from mitune_ray.adapters import load_adapters
@@ -108,14 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
         load_adapters(pipe, family_of_folder(Path(args.model)), args.adapter)
     pipe.set_progress_bar_config(disable=True)
     metrics = {}
-    splits = {"train": train_prompts, "heldout": eval_prompts}
     for name in args.splits.split(","):
-        start, prompts = time.monotonic(), splits[name](args.n)
-        # Seed s of prompt i draws its noise from s * n + i: every image has its own noise.
-        samples = [generate(pipe, prompts, seed=s * args.n, steps=args.steps,
-                            guidance=args.guidance) for s in range(args.seeds)]
-        metrics[name] = score(Samples(prompts * args.seeds,
-                                      np.concatenate([x.images for x in samples]))) | {
+        start = time.monotonic()
+        metrics[name] = evaluate(pipe, splits[name](args.n), steps=args.steps,
+                                 guidance=args.guidance, seeds=args.seeds) | {
             "seconds": round(time.monotonic() - start), "guidance": args.guidance,
             "steps": args.steps, "seeds": args.seeds, "adapters": args.adapter}
         print(name, metrics[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from mitune_ray.shapes.evaluate import Samples, grid, score
 from mitune_ray.shapes.prompts import describe
@@ -92,3 +93,14 @@ def test_cli_fuses_a_trained_adapter_before_sampling(tmp_path, monkeypatch):
     fused = used[0].unet.state_dict()
     moved = [k for k, v in base.items() if k in fused and not torch.equal(fused[k], v)]
     assert moved and all("lora" not in k for k in fused), "fused into the base weights"
+
+
+@pytest.mark.parametrize("args", [["--splits", "test"], ["--seeds", "0"], ["0"]])
+def test_cli_rejects_bad_arguments_in_one_line(args, capsys):
+    from mitune_ray.shapes.evaluate import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["unused-model-folder", *args])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in message and args[-1] in message
