@@ -304,9 +304,10 @@ def main(argv: list[str]) -> int:
                              "standard form (default), or the paper's trajectory estimator")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else Scale()
-    changes = {"rounds": args.rounds} if args.rounds else {}
-    changes |= scale_changes(args.scale)
-    scale = Scale(**(asdict(scale) | changes | {"tune_split": args.tune_split, "mi": args.mi}))
+    flags = {"tune_split": args.tune_split, "mi": args.mi} | (
+        {"rounds": args.rounds} if args.rounds else {})
+    # --scale comes last: `--scale mi=paper` must not be undone by --mi's default.
+    scale = Scale(**(asdict(scale) | flags | scale_changes(args.scale)))
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
     if not args.skip_agreement:
