@@ -93,53 +93,17 @@ def test_a_node_leaving_mid_generation_loses_nothing(tmp_path, multinode):
 from tests.runs import dump, kill, read_manifest, run_cli, stages, start, tiny_run_config, wait_for  # noqa: E402
 
 
-def test_driver_killed_after_a_commit_and_during_training_resumes_without_redoing_work(tmp_path):
-    run_dir = tmp_path / "run"
-    store = Store(str(run_dir))
-    config = tiny_run_config(tmp_path, str(run_dir), rounds=1)
-    log = tmp_path / "driver.log"
-    faults = {"MITUNE_FAULTS": "driver.after_commit:round-001/generate",
-              "MITUNE_FAULTS_DIR": str(tmp_path / "faults")}
-
-    # 1. SIGKILL between the commit of generation and the start of training.
-    assert run_cli(["run", str(config)], cwd=tmp_path, env=faults, log=log) == -9, dump(log)
-    first = stages(read_manifest(store))
-    assert set(first) == {"prompts", "round-001/generate"}
-
-    # 2. SIGKILL during training, once its first checkpoint is stored.
-    proc = start(["run", str(config)], cwd=tmp_path, env=faults, log=log)
-    try:
-        wait_for(lambda: store.list("round-001/train/adapters"), proc=proc,
-                 what="the first training checkpoint")
-        # 3. Meanwhile a second driver on the same run is refused by the lease.
-        second = run_cli(["run", str(config)], cwd=tmp_path, log=tmp_path / "second.log")
-        assert second == 2
-        assert "held by another driver" in (tmp_path / "second.log").read_text()
-    finally:
-        kill(proc)
-    assert "round-001/train" not in stages(read_manifest(store))
-
-    # 4. The same command finishes: generation is not redone, training resumes its checkpoint.
-    assert run_cli(["run", str(config)], cwd=tmp_path, env=faults, log=log) == 0, dump(log)
-    final = stages(read_manifest(store))
-    assert final["round-001/generate"]["committed_at"] == first["round-001/generate"]["committed_at"]
-    result = final["round-001/train"]["result"]
-    assert result["steps"] == 2 and result["resumed_from"] >= 1, result
-    parts = store.list("round-001/selected", suffix=".parquet")
-    rows = pq.read_table([store.path(p) for p in parts], columns=["prompt_id"]).num_rows
-    assert rows == final["prompts"]["train"]["train"]
-
-
-def test_s3_outages_brief_ones_ridden_out_long_ones_fail_clearly_and_resume(
+def test_a_driver_through_s3_outages_and_sigkills_resumes_without_redoing_work(
         tmp_path, s3_server, s3_bucket):
-    uri = f"s3://{s3_bucket}/runs/outage"
+    uri = f"s3://{s3_bucket}/runs/faults"
     store = Store(uri)
     config = tiny_run_config(tmp_path, uri, rounds=1)
     log = tmp_path / "driver.log"
     env = {"MITUNE_FAULTS": "driver.after_commit:round-001/generate",
            "MITUNE_FAULTS_DIR": str(tmp_path / "faults"), "MITUNE_STORAGE_RETRY_S": "10"}
 
-    # A few seconds of outage while the actors write shards: retries carry on.
+    # 1. A few seconds of S3 outage while the actors write shards: retries carry on. Then a
+    #    SIGKILL between the commit of generation and the start of training.
     proc = start(["run", str(config)], cwd=tmp_path, env=env, log=log)
     try:
         wait_for(lambda: store.list("round-001/selected", suffix=".parquet"), proc=proc,
@@ -151,10 +115,10 @@ def test_s3_outages_brief_ones_ridden_out_long_ones_fail_clearly_and_resume(
     finally:
         if proc.poll() is None:
             kill(proc)
-    committed = stages(read_manifest(store))
-    assert "round-001/generate" in committed
+    first = stages(read_manifest(store))
+    assert set(first) == {"prompts", "round-001/generate"}
 
-    # The store stays down: the run stops with one clear line, its committed state intact.
+    # 2. The store stays down: the run stops with one clear line, its committed state intact.
     s3_server.stop()
     try:
         down = run_cli(["run", str(config)], cwd=tmp_path, env=env, log=tmp_path / "down.log")
@@ -164,12 +128,28 @@ def test_s3_outages_brief_ones_ridden_out_long_ones_fail_clearly_and_resume(
         assert len(errors) == 1 and "unreachable" in errors[0] and "rerun to resume" in errors[0]
     finally:
         s3_server.start()
-    assert stages(read_manifest(store)) == committed
+    assert stages(read_manifest(store)) == first
 
+    # 3. SIGKILL during training, once its first checkpoint is stored.
+    proc = start(["run", str(config)], cwd=tmp_path, env=env, log=log)
+    try:
+        wait_for(lambda: store.list("round-001/train/adapters"), proc=proc,
+                 what="the first training checkpoint")
+        # Meanwhile a second driver on the same run is refused by the lease.
+        second = run_cli(["run", str(config)], cwd=tmp_path, log=tmp_path / "second.log")
+        assert second == 2
+        assert "held by another driver" in (tmp_path / "second.log").read_text()
+    finally:
+        kill(proc)
+    assert "round-001/train" not in stages(read_manifest(store))
+
+    # 4. The same command finishes: generation is not redone, training resumes its checkpoint.
     assert run_cli(["run", str(config)], cwd=tmp_path, env=env, log=log) == 0, dump(log)
     final = stages(read_manifest(store))
-    assert final["round-001/generate"]["committed_at"] == committed["round-001/generate"]["committed_at"]
-    assert "round-001/train" in final
+    assert final["round-001/generate"]["committed_at"] == first["round-001/generate"]["committed_at"]
+    result = final["round-001/train"]["result"]
+    assert result["steps"] == 2 and result["resumed_from"] >= 1, result
+    assert len(selected_ids(store.child("round-001"))) == final["prompts"]["train"]["train"]
 
 
 def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
