@@ -54,6 +54,7 @@ class Setup:
     eval_prompts: int = 128
     eval_seeds: int = 4
     sample_steps: int = 25
+    guidance: float = 7.5  # of the candidates and the evaluation alike (bench: --scale guidance)
     max_batch: int = 1024
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
 
@@ -100,7 +101,7 @@ class Lab:
         n = self.setup.eval_seeds
         self._use(net)
         gen = GenerateSection(candidates=n, keep=n, steps=self.setup.sample_steps,
-                              max_batch=self.setup.max_batch)
+                              guidance=self.setup.guidance, max_batch=self.setup.max_batch)
         # The trajectory estimator costs nothing extra; evaluation reads no MI.
         results = self._sampler(gen, MISection()).generate(self.eval, 0)
         return {r.prompt.prompt_id: float(np.mean([check(r.prompt.text, s.image).all_correct
@@ -113,8 +114,8 @@ class Lab:
 
         self._use(net)
         gen = GenerateSection(candidates=trial.candidates, keep=trial.keep,
-                              steps=self.setup.sample_steps, max_batch=self.setup.max_batch,
-                              select_by=trial.arm)
+                              steps=self.setup.sample_steps, guidance=self.setup.guidance,
+                              max_batch=self.setup.max_batch, select_by=trial.arm)
         results = self._sampler(gen).generate(prompts, round_index)
         kept = [s for r in results for s in r.selected]
         correct = [check(r.prompt.text, s.image).all_correct for r in results for s in r.selected]
@@ -207,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, help="skip phase A: the arms at this lr")
     p.add_argument("--arms", default="mi,random,checker", help="phase B's arms, in order")
     p.add_argument("--rounds", type=int, help="phase B's rounds (default 3)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
     args = p.parse_args(argv)
+    if args.guidance is not None and args.guidance <= 0:
+        p.error(f"--guidance {args.guidance}: must be above 0 (the base model is best at 3-5)")
     setup, base = (QUICK_SETUP, QUICK_TRIAL) if args.quick else (Setup(), Trial(arm="checker",
                                                                                  lr=1e-4))
+    if args.guidance is not None:
+        setup = replace(setup, guidance=args.guidance)
     base = replace(base, rounds=args.rounds or base.rounds)
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     lab = Lab(args.model, setup, log=log)

@@ -35,10 +35,20 @@ def test_oracle_phase_then_arms_at_the_best_lr(tmp_path):
 
 def test_given_lr_skips_the_oracle_phase(tmp_path):
     out = tmp_path / "sweep.json"
-    main(["--quick", "--json", str(out), "--lr", "3e-4", "--arms", "random", "--rounds", "2"])
-    trials = json.loads(out.read_text())["trials"]
+    main(["--quick", "--json", str(out), "--lr", "3e-4", "--arms", "random", "--rounds", "2",
+          "--guidance", "5"])
+    result = json.loads(out.read_text())
+    trials = result["trials"]
     assert [(t["trial"]["arm"], t["trial"]["lr"]) for t in trials] == [("random", 3e-4)]
     assert [r["round"] for r in trials[0]["rounds"]] == [1, 2]
+    assert result["setup"]["guidance"] == 5.0
+
+
+def test_a_bad_guidance_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--quick", "--json", str(tmp_path / "s.json"), "--guidance", "0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit.value.code == 2 and "--guidance 0.0: must be above 0" in err
 
 
 def test_training_moves_the_adapter_and_leaves_the_base_alone(lab):
