@@ -101,7 +101,7 @@ def agreement(model_path: str, scale: Scale, log=print) -> dict:
     from mitune_ray.generate import ModelSpec, load_model
     from mitune_ray.prompts import prompt_id
     from mitune_ray.sampling import CandidateSampler, Prompt
-    from mitune_ray.shapes.checker import check
+    from mitune_ray.shapes.checker import FACT_KINDS, check
     from mitune_ray.shapes.prompts import eval_prompts
 
     pipe, fam, device, dtype = load_model(ModelSpec(model_path))
@@ -110,27 +110,39 @@ def agreement(model_path: str, scale: Scale, log=print) -> dict:
     gen = GenerateSection(candidates=scale.agree_candidates, keep=1, steps=scale.steps,
                           guidance=scale.guidance, max_batch=64)
     out: dict = {"prompts": len(prompts), "candidates": scale.agree_candidates, "variants": {}}
-    checker = noise = ids = None
+    checker = noise = ids = by_kind = None
     for name, mi in _variants(scale).items():
         start = time.perf_counter()
         sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype)
         results = sampler.generate(prompts, 1, gallery=frozenset(p.prompt_id for p in prompts))
         if checker is None:  # the same seeds give the same images for every variant
-            checker, noise, ids = [], [], []
+            checker, noise, ids, by_kind = [], [], [], {kind: [] for kind in FACT_KINDS}
             for res in results:
                 for _, image in sorted(res.gallery, key=lambda x: x[0]):
-                    checker.append(check(res.prompt.text, image).fraction)
+                    result = check(res.prompt.text, image)
+                    checker.append(result.fraction)
                     noise.append(background_noise(image))
                     ids.append(res.prompt.prompt_id)
+                    for kind in FACT_KINDS:
+                        held = result.holds(kind)
+                        by_kind[kind].append(float(np.mean(held)) if held else None)
         values = [v for res in results for v in res.mi]
         tau_c = kendall_agreement(values, checker, ids)
         tau_n = kendall_agreement(values, noise, ids)
+        # Which facts MI sees: tau with each kind's share, on the prompts that state that kind.
+        tau_k = {kind: kendall_agreement(*zip(*[(v, k, i) for v, k, i in zip(values, ks, ids)
+                                                  if k is not None]))
+                 for kind, ks in by_kind.items() if any(k is not None for k in ks)}
         out["variants"][name] = {
             "tau_checker": tau_c.tau, "tau_checker_ci": [tau_c.low, tau_c.high],
             "tau_noise": tau_n.tau, "tau_noise_ci": [tau_n.low, tau_n.high],
+            "tau_by_fact": {kind: {"tau": t.tau, "ci": [t.low, t.high], "prompts_used": t.n_prompts}
+                            for kind, t in tau_k.items()},
             "prompts_used": tau_c.n_prompts, "seconds": round(time.perf_counter() - start, 1)}
         log(f"[agreement] {name}: tau(MI, checker) {tau_c.tau:+.3f} "
-            f"[{tau_c.low:+.3f}, {tau_c.high:+.3f}], tau(MI, background noise) {tau_n.tau:+.3f}")
+            f"[{tau_c.low:+.3f}, {tau_c.high:+.3f}], tau(MI, background noise) {tau_n.tau:+.3f}; "
+            "by fact: " + ", ".join(f"{kind} {t.tau:+.3f} [{t.low:+.3f}, {t.high:+.3f}]"
+                                    for kind, t in tau_k.items()))
     out["fully_correct_rate_base"] = float(np.mean([c == 1.0 for c in checker]))
     return out
 
@@ -182,6 +194,22 @@ def image_change(store: Store, version: str, base: str = "eval-base") -> float:
     return float(np.median(diffs)) if diffs else float("nan")
 
 
+def eval_fact_rates(store: Store, version: str) -> dict[str, float | None]:
+    """Which kinds of fact a version's evaluation images get right (`checker.fact_rates`):
+    objects, sizes, relations, and relations where both objects were drawn (chance: ~1/4)."""
+    from mitune_ray.imaging import from_png
+    from mitune_ray.shapes.checker import check, fact_rates
+
+    table = store.read_parquet(f"{version}/eval/selected", columns=["prompt", "png"])
+    rows = [] if table is None else zip(table.column("prompt").to_pylist(),
+                                        table.column("png").to_pylist())
+    return fact_rates([check(text, from_png(png)) for text, png in rows])
+
+
+def _rates(rates: dict) -> str:
+    return ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in rates.items())
+
+
 def selected_quality(store: Store, version: str) -> dict:
     """How good a round's training set was: the checker on its kept images."""
     from mitune_ray.imaging import from_png
@@ -228,16 +256,20 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
         run(cfg, log=lambda m: None)
         store = Store(cfg.run.uri)
         base = _correct_by_prompt(store, "eval-base")
+        base_facts = eval_fact_rates(store, "eval-base")
+        log(f"[mitune] select by {arm}, base model: held-out facts that hold: {_rates(base_facts)}")
         rounds, selected = {}, {}
         for r in range(1, scale.rounds + 1):
             rounds[r] = g = paired_gain(base, _correct_by_prompt(store, f"round-{r:03d}"))
             selected[r] = kept = selected_quality(store, f"round-{r:03d}")
             g["image_change"] = image_change(store, f"round-{r:03d}")
+            g["facts"] = eval_fact_rates(store, f"round-{r:03d}")
             log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
                 f"held out fully correct {g['base_rate']:.3f} -> "
-                f"{g['tuned_rate']:.3f} (gain {g['gain']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}])")
-        out[arm] = {"rounds": rounds, "selected_sets": selected,
+                f"{g['tuned_rate']:.3f} (gain {g['gain']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]); "
+                f"facts that hold: {_rates(g['facts'])}")
+        out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
                     "seconds": round(time.perf_counter() - start, 1)}
     return out
 

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +33,7 @@ SQUARE_MIN_FILL = 0.845  # squares fill 0.86..1.0 of their box, circles 0.70..0.
 MIN_FILL = 0.45  # sparser components are scribbles
 MAX_ASPECT = 1.6  # ShapesWorld objects have square boxes; longer ones are smears or merges
 SIZE_THRESHOLD_PX = (SIZES["small"] + SIZES["large"]) / 2  # bounding-box side, small vs large
+FACT_KINDS = ("object", "size", "relation")
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,17 @@ class CheckResult:
 
     `facts` maps a readable fact ("red circle", "size of red circle", "red circle left of blue
     square") to whether it holds; `fraction` is the share that hold; `all_correct` all of them.
+    `kinds` maps each fact to its kind, one of `FACT_KINDS`: an object present with its colour
+    and shape, its stated size, or the relation between the two objects.
     """
 
     facts: dict[str, bool]
     components: tuple[Component, ...]
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def holds(self, kind: str) -> list[bool]:
+        """Whether each fact of `kind` holds (empty when the prompt states none)."""
+        return [ok for fact, ok in self.facts.items() if self.kinds.get(fact) == kind]
 
     @property
     def fraction(self) -> float:
@@ -163,16 +171,20 @@ def check_facts(facts: Facts, image) -> CheckResult:
     components = find_components(image)
     matches = [_match(spec, components) for spec in facts.objects]
     outcome: dict[str, bool] = {}
+    kinds: dict[str, str] = {}
     for spec, match in zip(facts.objects, matches):
-        outcome[_name(spec)] = match is not None
+        outcome[_name(spec)], kinds[_name(spec)] = match is not None, "object"
         if spec.size is not None:
-            outcome[f"size of {_name(spec)}"] = match is not None and match.size == spec.size
+            key = f"size of {_name(spec)}"
+            outcome[key] = match is not None and match.size == spec.size
+            kinds[key] = "size"
     if facts.relation is not None:
         a, b = matches
         words = {"left": "left of", "right": "right of"}.get(facts.relation, facts.relation)
         key = f"{_name(facts.objects[0])} {words} {_name(facts.objects[1])}"
         outcome[key] = a is not None and b is not None and _relation_holds(a, b, facts.relation)
-    return CheckResult(outcome, components)
+        kinds[key] = "relation"
+    return CheckResult(outcome, components, kinds)
 
 
 def check(prompt: str, image) -> CheckResult:
@@ -192,3 +204,20 @@ def checker_scores(prompt: str, images) -> list[float]:
     fraction that hold (the ShapesWorld benchmark's upper-bound control)."""
     results = [check(prompt, image) for image in images]
     return [float(r.all_correct) + r.fraction for r in results]
+
+
+def fact_rates(results) -> dict[str, float | None]:
+    """Share of the facts of each kind that hold over `results` (None: none stated), and
+    `relation_given_objects`: the share of relations that hold where both objects were found.
+    Two objects placed at random satisfy one of the four relations about 1 time in 4.
+
+    Example:
+        >>> from mitune_ray.shapes.world import Obj, Scene, render
+        >>> image = render(Scene((Obj("blue", "square"), Obj("red", "circle")), "left"), seed=0)
+        >>> fact_rates([check("a red circle to the left of a blue square", image)])
+        {'object': 1.0, 'size': None, 'relation': 0.0, 'relation_given_objects': 0.0}
+    """
+    held = {kind: [ok for r in results for ok in r.holds(kind)] for kind in FACT_KINDS}
+    held["relation_given_objects"] = [ok for r in results if all(r.holds("object"))
+                                      for ok in r.holds("relation")]
+    return {kind: float(np.mean(v)) if v else None for kind, v in held.items()}

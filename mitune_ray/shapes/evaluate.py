@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mitune_ray.shapes.checker import check
+from mitune_ray.shapes.checker import check, fact_rates
 from mitune_ray.shapes.prompts import eval_prompts, parse_prompt, train_prompts
 
 GUIDANCE = 7.5  # SD's default, and the reference implementation's
@@ -55,11 +55,13 @@ def generate(pipe, prompts: list[str], *, seed: int = 0, steps: int = STEPS,
 
 
 def score(samples: Samples) -> dict:
-    """Fully-correct rate and mean fraction of facts that hold, by the checker; and the
-    fully-correct rate of one- and two-object prompts, each as [rate, number of prompts]."""
+    """Fully-correct rate and mean fraction of facts that hold, by the checker; the
+    fully-correct rate of one- and two-object prompts, each as [rate, number of prompts]; and
+    the share of each kind of fact that holds (`facts`: objects, sizes, relations)."""
     results = [check(p, im) for p, im in zip(samples.prompts, samples.images)]
     out: dict = {"all_correct": float(np.mean([r.all_correct for r in results])),
-                 "fraction": float(np.mean([r.fraction for r in results])), "n": len(results)}
+                 "fraction": float(np.mean([r.fraction for r in results])), "n": len(results),
+                 "facts": fact_rates(results)}
     n_objects = [len(parse_prompt(p).objects) for p in samples.prompts]
     for k in (1, 2):
         ok = [r.all_correct for r, n in zip(results, n_objects) if n == k]

@@ -25,6 +25,10 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     for name, v in variants.items():
         low, high = v["tau_checker_ci"]
         assert -1.0 <= low <= v["tau_checker"] <= high <= 1.0 or v["prompts_used"] == 0, name
+        for kind, t in v["tau_by_fact"].items():  # which facts MI sees
+            assert kind in ("object", "size", "relation"), name
+            assert -1.0 <= t["ci"][0] <= t["tau"] <= t["ci"][1] <= 1.0 or t["prompts_used"] == 0
+    assert "object" in variants["trajectory t>50 (paper)"]["tau_by_fact"]  # every prompt has one
     assert 0.0 <= result["agreement"]["fully_correct_rate_base"] <= 1.0
 
     rounds = result["mitune"]["mi"]["rounds"]
@@ -33,6 +37,10 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     assert gain["prompts"] == result["scale"]["eval_prompts"]
     assert abs(gain["gain"] - (gain["tuned_rate"] - gain["base_rate"])) < 1e-9
     assert 0.0 <= gain["image_change"] <= 255.0
+    for facts in (gain["facts"], result["mitune"]["mi"]["base_facts"]):  # what each version draws
+        assert set(facts) == {"object", "size", "relation", "relation_given_objects"}
+        assert 0.0 <= facts["object"] <= 1.0
+        assert all(v is None or 0.0 <= v <= 1.0 for v in facts.values())
     kept = result["mitune"]["mi"]["selected_sets"]["1"]
     assert kept["rows"] > 0 and 0.0 <= kept["fully_correct"] <= kept["fraction"] <= 1.0
     # The run behind the numbers: base and round-1 evaluations by the exact checker.

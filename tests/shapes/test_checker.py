@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mitune_ray.errors import MituneError
-from mitune_ray.shapes.checker import check, find_components, shape_of
+from mitune_ray.shapes.checker import FACT_KINDS, check, fact_rates, find_components, shape_of
 from mitune_ray.shapes.prompts import describe
 from mitune_ray.shapes.world import (
     IMAGE_SIZE, SHAPES, Obj, Placed, Scene, random_scene, render, render_placed,
@@ -72,6 +72,29 @@ def test_wrong_colour_wrong_shape_and_wrong_size_are_caught():
     wrong_size = Scene((Obj("red", "circle", "small"), Obj("blue", "square", "small")), "left")
     facts = check(PROMPT, render(wrong_size, 0)).facts
     assert facts["red circle"] is True and facts["size of red circle"] is False
+
+
+def test_fact_rates_by_kind_on_right_and_deliberately_wrong_images():
+    right = check(PROMPT, render(RED_LEFT_OF_BLUE, 0))
+    assert right.kinds == {"red circle": "object", "size of red circle": "size",
+                           "blue square": "object", "size of blue square": "size",
+                           "red circle left of blue square": "relation"}
+    assert fact_rates([right]) == {kind: 1.0 for kind in (*FACT_KINDS, "relation_given_objects")}
+
+    swapped = check(PROMPT, render(Scene(RED_LEFT_OF_BLUE.objects, "right"), 0))
+    small = check(PROMPT, render(Scene((Obj("red", "circle", "small"),
+                                        Obj("blue", "square", "small")), "left"), 0))
+    alone = check(PROMPT, render(Scene((Obj("red", "circle", "large"),)), 0))
+    rates = fact_rates([right, swapped, small, alone])
+    assert rates["object"] == pytest.approx(7 / 8)
+    assert rates["size"] == pytest.approx(6 / 8)  # not: the small red circle, the missing square
+    assert rates["relation"] == pytest.approx(2 / 4)  # right and small; not swapped or alone
+    # Among images with both objects found (all but `alone`): 2 of 3 relations hold.
+    assert rates["relation_given_objects"] == pytest.approx(2 / 3)
+    # A prompt that states no size and no relation leaves those kinds undefined, not zero.
+    single = check("a red circle", render(Scene((Obj("red", "circle"),)), 0))
+    assert fact_rates([single]) == {"object": 1.0, "size": None, "relation": None,
+                                    "relation_given_objects": None}
 
 
 def test_missing_object_and_blank_image_are_caught():

@@ -28,6 +28,7 @@ def test_score_of_ground_truth_is_all_correct_with_the_object_breakdown():
     assert out["all_correct_1obj"][1] + out["all_correct_2obj"][1] == 12
     assert out["all_correct_1obj"][1] == singles
     assert all(rate in (1.0, None) for rate, _ in (out["all_correct_1obj"], out["all_correct_2obj"]))
+    assert set(out["facts"].values()) == {1.0}  # objects, sizes and relations: all stated
 
 
 def test_score_catches_missing_objects():
@@ -36,6 +37,7 @@ def test_score_catches_missing_objects():
     out = score(Samples(samples.prompts, blank))
     assert out["all_correct"] == 0.0 and out["fraction"] < 0.5
     assert out["all_correct_2obj"][0] in (0.0, None)
+    assert out["facts"]["object"] == 0.0 and out["facts"]["relation_given_objects"] is None
 
 
 def test_grid_tiles_images_row_by_row():
