@@ -11,7 +11,9 @@
    prompts; `--tune-split train` tunes on the base model's training split instead), evaluates the
    base model and every round on held-out prompts with the same seeds, and reports the gain in
    fully-correct rate over the base model with a paired 95% bootstrap interval over prompts, and
-   how good the selected training sets were (the checker on the kept images).
+   how good the selected training sets were (the checker on the kept images), and which kinds of
+   fact (objects, sizes, relations) every version's evaluation images get right; part 1 also
+   gives tau between MI and each kind.
 
     mitune shapes bench                 # 15-25 minutes per arm and round on 2 CPU cores
     mitune shapes bench --rounds 1 --scale train_prompts=96    # any workload setting
