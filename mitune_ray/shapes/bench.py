@@ -132,9 +132,12 @@ def agreement(model_path: str, scale: Scale, log=print) -> dict:
         tau_c = kendall_agreement(values, checker, ids)
         tau_n = kendall_agreement(values, noise, ids)
         # Which facts MI sees: tau with each kind's share, on the prompts that state that kind.
-        tau_k = {kind: kendall_agreement(*zip(*[(v, k, i) for v, k, i in zip(values, ks, ids)
-                                                  if k is not None]))
-                 for kind, ks in by_kind.items() if any(k is not None for k in ks)}
+        tau_k = {}
+        for kind, shares in by_kind.items():
+            stated = [j for j, share in enumerate(shares) if share is not None]
+            if stated:
+                tau_k[kind] = kendall_agreement([values[j] for j in stated],
+                                                [shares[j] for j in stated], [ids[j] for j in stated])
         out["variants"][name] = {
             "tau_checker": tau_c.tau, "tau_checker_ci": [tau_c.low, tau_c.high],
             "tau_noise": tau_n.tau, "tau_noise_ci": [tau_n.low, tau_n.high],
@@ -196,16 +199,23 @@ def image_change(store: Store, version: str, base: str = "eval-base") -> float:
     return float(np.median(diffs)) if diffs else float("nan")
 
 
+def _checked(store: Store, folder: str) -> list:
+    """The checker's result for every (prompt, png) row stored under `folder` (none: [])."""
+    from mitune_ray.imaging import from_png
+    from mitune_ray.shapes.checker import check
+
+    table = store.read_parquet(folder, columns=["prompt", "png"])
+    return [] if table is None else [
+        check(text, from_png(png))
+        for text, png in zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
+
+
 def eval_fact_rates(store: Store, version: str) -> dict[str, float | None]:
     """Which kinds of fact a version's evaluation images get right (`checker.fact_rates`):
     objects, sizes, relations, and relations where both objects were drawn (chance: ~1/4)."""
-    from mitune_ray.imaging import from_png
-    from mitune_ray.shapes.checker import check, fact_rates
+    from mitune_ray.shapes.checker import fact_rates
 
-    table = store.read_parquet(f"{version}/eval/selected", columns=["prompt", "png"])
-    rows = [] if table is None else zip(table.column("prompt").to_pylist(),
-                                        table.column("png").to_pylist())
-    return fact_rates([check(text, from_png(png)) for text, png in rows])
+    return fact_rates(_checked(store, f"{version}/eval/selected"))
 
 
 def _rates(rates: dict) -> str:
@@ -214,13 +224,7 @@ def _rates(rates: dict) -> str:
 
 def selected_quality(store: Store, version: str) -> dict:
     """How good a round's training set was: the checker on its kept images."""
-    from mitune_ray.imaging import from_png
-    from mitune_ray.shapes.checker import check
-
-    table = store.read_parquet(f"{version}/selected", columns=["prompt", "png"])
-    results = [] if table is None else [
-        check(text, from_png(png))
-        for text, png in zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
+    results = _checked(store, f"{version}/selected")
     return {"rows": len(results),
             "fully_correct": float(np.mean([r.all_correct for r in results])) if results else 0.0,
             "fraction": float(np.mean([r.fraction for r in results])) if results else 0.0}
