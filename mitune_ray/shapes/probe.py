@@ -1,0 +1,239 @@
+"""Which stated facts does a ShapesWorld model's denoiser use? Contradict one and see what it costs.
+
+    python -m mitune_ray.shapes.probe mitune_ray/assets/shapes_model [--n 96] [--split train]
+    python -m mitune_ray.shapes.probe --learn 5   # can this architecture learn a relation at all?
+
+On rendered ground-truth scenes (two objects with a relation, so every kind of fact is stated),
+the conditional denoiser's epsilon loss at a grid of noise levels, with the true prompt and with
+one kind of fact contradicted: the relation flipped (left <-> right, above <-> below, the same
+template), the first object's colour changed to one no object has, both sizes swapped, or no
+prompt at all. Sizes are stated in every variant, so two variants differ only in the edited fact.
+
+The cost of an edit is reported two ways: the relative loss increase at each noise level, and in
+nats, `mean_t kappa_t * D * (loss_edit(t) - loss_true(t))` over the grid's midpoints, which is
+`log p(x | true prompt) - log p(x | edited prompt)` by the model's own ELBO and the amount by which
+the standard-form MI of the bench prefers the true prompt. A fact the denoiser does not use costs
+nothing, and then no MI estimator computed from this denoiser can rank images by it.
+
+`learnability` asks the architecture rather than a trained model: a fresh UNet and text encoder
+trained for a few minutes on a world of two prompts that differ only in their relation (a large
+red circle to the left or to the right of a large blue square), then probed. A relation that is
+not learnt there, where it is the only thing to learn, will not be learnt in the full world.
+
+Example:
+    >>> probe(pipe, n=96)["nats"]["relation"]  # doctest: +SKIP
+    0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from mitune_ray.mi.discrete import kappa
+from mitune_ray.shapes import model as arch
+from mitune_ray.shapes.prompts import describe
+from mitune_ray.shapes.train import TrainSettings, encode_pool, train_denoiser
+from mitune_ray.shapes.world import COLOURS, SIZES, Obj, Scene, random_scene, render
+
+FLIPPED = {"left": "right", "right": "left", "above": "below", "below": "above"}
+EDITS = ("relation", "colour", "size", "empty")
+LEVELS = tuple(range(50, 1000, 100))  # midpoints of ten equal strata of SD's 1000 steps
+# The two-prompt relation world of `learnability`: this pair, one left or right of the other.
+RELATION_PAIR = (Obj("red", "circle", "large"), Obj("blue", "square", "large"))
+
+
+def _other_size(size: str) -> str:
+    return next(s for s in SIZES if s != size)
+
+
+def edit(scene: Scene, kind: str, k: int = 0) -> Scene | None:
+    """`scene` with one kind of fact contradicted (`None` for "empty": no prompt at all); `k`
+    picks which unused colour replaces the first object's.
+
+    Example:
+        >>> from mitune_ray.shapes.world import Obj
+        >>> s = Scene((Obj("red", "circle", "large"), Obj("blue", "square", "small")), "left")
+        >>> edit(s, "relation").relation, edit(s, "size").objects[0].size
+        ('right', 'small')
+    """
+    a, b = scene.objects
+    if kind == "relation":
+        return replace(scene, relation=FLIPPED[scene.relation])
+    if kind == "colour":
+        unused = [c for c in COLOURS if c not in (a.colour, b.colour)]
+        return replace(scene, objects=(replace(a, colour=unused[k % len(unused)]), b))
+    if kind == "size":
+        return replace(scene, objects=tuple(replace(o, size=_other_size(o.size)) for o in (a, b)))
+    if kind == "empty":
+        return None
+    raise ValueError(f"unknown edit {kind!r}; use one of {', '.join(EDITS)}")
+
+
+def _prompt(scene: Scene | None, template_seed: int) -> str:
+    # The same seed draws the same template for the true and the edited scene.
+    return "" if scene is None else describe(scene, random.Random(template_seed), p_state_size=1.0)
+
+
+def relation_scenes(n: int, *, split: str = "train", seed: int = 0) -> list[Scene]:
+    """`n` random two-object scenes of `split` that state a relation, deterministic in `seed`."""
+    rng = random.Random(f"probe:{split}:{seed}")
+    scenes: list[Scene] = []
+    while len(scenes) < n:
+        scene = random_scene(rng, split=split, p_single=0.0)
+        if scene.relation is not None:
+            scenes.append(scene)
+    return scenes
+
+
+@torch.no_grad()
+def probe(pipe, *, n: int = 96, split: str = "train", seed: int = 0, repeats: int = 2,
+          batch: int = 96, scenes: list[Scene] | None = None) -> dict:
+    """The cost of contradicting each kind of fact, on `n` ground-truth scenes of `split` (or on
+    the given two-object `scenes` with relations).
+
+    Returns:
+        `levels` (timesteps), `loss` (variant -> mean epsilon loss per level), `increase`
+        (edit -> relative loss increase per level), `nats` (edit -> mean log-likelihood ratio of
+        the true prompt over the edited one, per image), and the settings.
+    """
+    scenes = scenes if scenes is not None else relation_scenes(n, split=split, seed=seed)
+    n = len(scenes)
+    images = np.stack([render(s, seed=seed * 100_003 + i) for i, s in enumerate(scenes)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    z0 = torch.cat([pipe.vae.encode(x[i:i + batch]).latent_dist.mean
+                    for i in range(0, n, batch)]) * pipe.vae.config.scaling_factor
+    variants = ("true",) + EDITS
+    prompts = {v: [_prompt(s if v == "true" else edit(s, v, i), seed * 100_003 + i)
+                   for i, s in enumerate(scenes)] for v in variants}
+    context = {v: torch.cat([pipe.encode_prompt(ps[i:i + batch], "cpu", 1, False)[0]
+                             for i in range(0, n, batch)]) for v, ps in prompts.items()}
+    abar = pipe.scheduler.alphas_cumprod
+    loss = {v: np.zeros(len(LEVELS)) for v in variants}
+    gen = torch.Generator().manual_seed(seed)
+    for j, t in enumerate(LEVELS):
+        for _ in range(repeats):
+            eps = torch.randn(z0.shape, generator=gen)
+            zt = abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * eps
+            for v in variants:
+                for i in range(0, n, batch):
+                    pred = pipe.unet(zt[i:i + batch], torch.full((len(zt[i:i + batch]),), t),
+                                     context[v][i:i + batch]).sample
+                    loss[v][j] += float((pred - eps[i:i + batch]).pow(2).sum()) / (
+                        n * repeats * eps[0].numel())
+    weights = kappa(abar)[list(LEVELS)].numpy() * z0[0].numel()
+    return {
+        "levels": list(LEVELS), "n": n, "split": split, "repeats": repeats,
+        "loss": {v: [round(x, 6) for x in loss[v]] for v in variants},
+        "increase": {e: [round(float(x), 4) for x in loss[e] / loss["true"] - 1] for e in EDITS},
+        "nats": {e: round(float(np.mean(weights * (loss[e] - loss["true"]))), 3) for e in EDITS},
+        "example": {v: prompts[v][0] for v in variants},
+    }
+
+
+def learnability(minutes: float, *, settings: TrainSettings | None = None,
+                 vae_folder: str | None = None, n_scenes: int = 4000, seed: int = 0,
+                 log=print) -> dict:
+    """Train a fresh UNet + text encoder for `minutes` on the two-prompt relation world (with the
+    autoencoder of `vae_folder`, by default the shipped model's), then `probe` it there.
+
+    Example:
+        >>> learnability(5)["nats"]["relation"]  # doctest: +SKIP
+        0.04
+    """
+    from importlib.resources import files
+
+    s = settings or TrainSettings()
+    torch.manual_seed(seed)
+    vae, _, _ = arch.load_parts(vae_folder or str(files("mitune_ray.assets") / "shapes_model"))
+    if minutes <= 0:
+        raise ValueError(f"minutes={minutes} must be positive (the training time)")
+    scenes = relation_world(n_scenes, f"train:{seed}")
+    images = np.stack([render(scene, seed=seed * 1_000_003 + i) for i, scene in enumerate(scenes)])
+    latents = encode_pool(vae, images) * vae.config.scaling_factor
+    metrics, unet, text_encoder = train_denoiser(
+        arch.build_unet(s.unet_size), arch.build_text_encoder(), latents, scenes, s,
+        seconds=60.0 * minutes, seed=seed + 1, log=log)
+    pipe = arch.assemble_pipeline(vae, text_encoder, unet)
+    result = probe(pipe, scenes=relation_world(64, f"probe:{seed}"), seed=seed)
+    return result | {"trained": metrics, "settings": {
+        "minutes": minutes, "unet_channels": list(s.unet_size.channels),
+        "loss_weight_cap": s.loss_weight_cap, "unet_lr": s.unet_lr, "n_scenes": n_scenes}}
+
+
+def relation_world(n: int, seed: str) -> list[Scene]:
+    """`n` scenes of the two-prompt relation world, the relation drawn from `seed`."""
+    rng = random.Random(seed)
+    return [Scene(RELATION_PAIR, rng.choice(("left", "right"))) for _ in range(n)]
+
+
+def _print(title: str, result: dict) -> None:
+    print(title)
+    print("edit      nats   " + " ".join(f"t={t:<4}" for t in result["levels"]))
+    for e in EDITS:
+        print(f"{e:<9}{result['nats'][e]:6.2f}   "
+              + " ".join(f"{100 * x:+5.1f}%" for x in result["increase"][e]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    parser = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.probe",
+                                     description="what contradicting each kind of fact costs "
+                                                 "a ShapesWorld model's denoiser")
+    parser.add_argument("model", nargs="?",
+                        help="a diffusers folder (e.g. mitune_ray/assets/shapes_model)")
+    parser.add_argument("--learn", type=float, metavar="MINUTES",
+                        help="instead of a model: train the architecture for MINUTES on the "
+                             "two-prompt relation world and probe that")
+    parser.add_argument("--channels", default=None,
+                        help="with --learn: the UNet's block channels, e.g. 64,128 (the shipped)")
+    parser.add_argument("--loss-weight-cap", type=float, default=1.0,
+                        help="with --learn: TrainSettings.loss_weight_cap (1: epsilon loss)")
+    parser.add_argument("--lr", type=float, default=TrainSettings.unet_lr,
+                        help="with --learn: the UNet and text encoder's learning rate")
+    parser.add_argument("--n", type=int, default=96, help="ground-truth scenes")
+    parser.add_argument("--split", choices=("train", "eval"), default="train")
+    parser.add_argument("--repeats", type=int, default=2, help="noise draws per level")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    for name in ("n", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)} must be at least 1")
+    if (args.model is None) == (args.learn is None):
+        parser.error("give a model folder, or --learn MINUTES (not both)")
+    if args.learn is not None:
+        if args.learn <= 0:
+            parser.error(f"--learn {args.learn:g} must be a positive number of minutes")
+        try:
+            channels = (tuple(int(c) for c in args.channels.split(",")) if args.channels
+                        else arch.SMALL.channels)
+        except ValueError:
+            parser.error(f"--channels {args.channels}: write integers separated by commas, "
+                         "e.g. 64,128")
+        settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
+                                 warmup_steps=100, unet_steps=10**9,
+                                 unet_size=arch.UNetSize(channels=channels))
+        result = learnability(args.learn, settings=settings,
+                              log=lambda line: print(line) if "000/" in line else None)
+        _print(f"the architecture after {args.learn:g} minutes on the two-prompt relation world "
+               f"({result['trained']['unet_steps']} steps)", result)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(args.model)
+        result = probe(pipe, n=args.n, split=args.split, repeats=args.repeats) | {
+            "model": args.model}
+        _print(f"{args.model}, {args.n} ground-truth {args.split} scenes: what contradicting "
+               "each kind of fact costs", result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The fact probe: edits contradict exactly one kind of fact, and their cost is read correctly."""
+
+from __future__ import annotations
+
+import random
+from importlib.resources import files
+
+import pytest
+import torch
+
+from mitune_ray.shapes.probe import EDITS, RELATION_PAIR, _prompt, edit, learnability, main
+from mitune_ray.shapes.prompts import parse_prompt
+from mitune_ray.shapes.world import random_scene
+
+
+def _scenes(n: int):
+    rng = random.Random(11)
+    out = []
+    while len(out) < n:
+        scene = random_scene(rng, split="train", p_single=0.0)
+        if scene.relation is not None:
+            out.append(scene)
+    return out
+
+
+def test_each_edit_contradicts_one_kind_of_fact_in_the_same_template():
+    for i, scene in enumerate(_scenes(40)):
+        true = parse_prompt(_prompt(scene, i))
+        flipped = parse_prompt(_prompt(edit(scene, "relation"), i))
+        assert flipped.objects == true.objects and flipped.relation != true.relation
+        recoloured = parse_prompt(_prompt(edit(scene, "colour", i), i))
+        assert recoloured.relation == true.relation and recoloured.objects[1] == true.objects[1]
+        assert recoloured.objects[0].colour not in {o.colour for o in true.objects}
+        assert recoloured.objects[0].shape == true.objects[0].shape
+        resized = parse_prompt(_prompt(edit(scene, "size"), i))
+        assert [o.size for o in resized.objects] != [o.size for o in true.objects]
+        assert all(o.size is not None for o in true.objects)  # sizes always stated
+        assert len(_prompt(edit(scene, "relation"), i).split()) == len(_prompt(scene, i).split())
+        assert _prompt(edit(scene, "empty"), i) == ""
+    with pytest.raises(ValueError, match="unknown edit"):
+        edit(_scenes(1)[0], "shape")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return str(files("mitune_ray.assets") / "shapes_model")
+
+
+def test_probe_sees_colours_in_the_shipped_model(shipped, tmp_path):
+    out = main([shipped, "--n", "8", "--repeats", "1", "--json", str(tmp_path / "p.json")])
+    assert set(out["nats"]) == set(EDITS) and len(out["levels"]) == 10
+    # A contradicted colour makes the ground truth much less likely under the model's own ELBO.
+    assert out["nats"]["colour"] > 1.0 and out["nats"]["empty"] > 1.0
+    assert max(out["increase"]["colour"]) > 0.2
+    assert (tmp_path / "p.json").exists()
+
+
+def test_a_denoiser_that_ignores_the_prompt_pays_nothing_for_any_edit(shipped):
+    from diffusers import StableDiffusionPipeline
+
+    from mitune_ray.shapes.probe import probe
+
+    pipe = StableDiffusionPipeline.from_pretrained(shipped)
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda z, t, context, **kw: forward(z, t, torch.zeros_like(context), **kw)
+    out = probe(pipe, n=4, repeats=1)
+    assert all(x == 0.0 for x in out["nats"].values())
+    assert all(x == 0.0 for e in EDITS for x in out["increase"][e])
+
+
+def test_learnability_trains_the_architecture_on_the_relation_world_and_probes_it():
+    from mitune_ray.shapes import model as arch
+    from mitune_ray.shapes.train import TrainSettings
+
+    settings = TrainSettings(unet_steps=5, unet_batch=8, warmup_steps=1, unet_size=arch.TEST)
+    out = learnability(1.0, settings=settings, n_scenes=32, log=lambda line: None)
+    assert out["trained"]["unet_steps"] == 5  # the step cap, not the clock, ended it
+    assert out["n"] == 64 and out["settings"]["unet_channels"] == list(arch.TEST.channels)
+    assert {parse_prompt(out["example"]["true"]).relation,
+            parse_prompt(out["example"]["relation"]).relation} == {"left", "right"}
+    assert {o.colour for o in parse_prompt(out["example"]["true"]).objects} == {
+        o.colour for o in RELATION_PAIR}
+    with pytest.raises(ValueError, match="minutes=0"):
+        learnability(0)
