@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def train_main(argv: list[str]) -> int:
-    from mitune_ray.shapes.train import train_shapes_model
+    from mitune_ray.shapes.train import TrainSettings, train_shapes_model
 
     parser = argparse.ArgumentParser(prog="mitune shapes train",
                                      description="train the ShapesWorld model from scratch (CPU)")
@@ -17,9 +17,16 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    parser.add_argument("--loss-weight-cap", type=float, default=1.0,
+                        help="weight each sample's loss by min(1 / abar_t, CAP); 1 (default) is "
+                             "plain epsilon loss, the shipped model's; see shapes/probe.py")
     args = parser.parse_args(argv)
+    if not args.loss_weight_cap >= 1.0:
+        parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
+                     "(1 is plain epsilon loss)")
+    settings = TrainSettings(loss_weight_cap=args.loss_weight_cap)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,
-                                 threads=args.threads)
+                                 threads=args.threads, settings=settings)
     print(f"model written to {args.out}: {metrics['unet_steps']} UNet steps in "
           f"{metrics['total_seconds'] / 60:.0f} min (all metrics in train_metrics.json there)")
     return 0

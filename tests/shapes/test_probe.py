@@ -28,6 +28,10 @@ def test_each_edit_contradicts_one_kind_of_fact_in_the_same_template():
         true = parse_prompt(_prompt(scene, i))
         flipped = parse_prompt(_prompt(edit(scene, "relation"), i))
         assert flipped.objects == true.objects and flipped.relation != true.relation
+        turned = parse_prompt(_prompt(edit(scene, "axis"), i))
+        assert turned.objects == true.objects
+        assert {turned.relation, true.relation} & {"left", "right"}  # one horizontal,
+        assert {turned.relation, true.relation} & {"above", "below"}  # the other vertical
         recoloured = parse_prompt(_prompt(edit(scene, "colour", i), i))
         assert recoloured.relation == true.relation and recoloured.objects[1] == true.objects[1]
         assert recoloured.objects[0].colour not in {o.colour for o in true.objects}

@@ -85,3 +85,13 @@ def test_loss_weighting_is_plain_mse_at_cap_one_and_v_weighting_below_the_cap():
     weight = torch.tensor([1 / 0.9, 5.0, 20.0])  # 1 / abar, the last one capped at 20
     expected = float((weight * per_sample).sum() / weight.sum())
     assert weighted_loss(pred, eps, abar, 20.0) == pytest.approx(expected)
+
+
+def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, capsys):
+    from mitune_ray.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--loss-weight-cap", "0.5"])
+    assert exit_info.value.code == 2
+    assert "--loss-weight-cap 0.5 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
