@@ -155,13 +155,13 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
         >>> learnability(15, settings=settings)["nats"]["relation"]  # doctest: +SKIP
         11.76
     """
-    from importlib.resources import files
+    from mitune_ray.models import resolve_model_path
 
     if minutes <= 0:
         raise ValueError(f"minutes={minutes} must be positive (the training time)")
     s = settings or TrainSettings()
     torch.manual_seed(seed)
-    vae, _, _ = arch.load_parts(vae_folder or str(files("mitune_ray.assets") / "shapes_model"))
+    vae, _, _ = arch.load_parts(vae_folder or str(resolve_model_path("bundled:shapes")))
     scenes = relation_world(n_scenes, f"train:{seed}")
     images = np.stack([render(scene, seed=seed * 1_000_003 + i) for i, scene in enumerate(scenes)])
     latents = encode_pool(vae, images) * vae.config.scaling_factor

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import random
 from importlib.resources import files
 
 import pytest
 import torch
 
-from mitune_ray.shapes.probe import EDITS, RELATION_PAIR, _prompt, edit, learnability, main
+from mitune_ray.shapes.probe import (EDITS, RELATION_PAIR, _prompt, edit, learnability, main,
+                                     relation_scenes)
 from mitune_ray.shapes.prompts import parse_prompt
-from mitune_ray.shapes.world import random_scene
 
 
 def _scenes(n: int):
-    rng = random.Random(11)
-    out = []
-    while len(out) < n:
-        scene = random_scene(rng, split="train", p_single=0.0)
-        if scene.relation is not None:
-            out.append(scene)
-    return out
+    return relation_scenes(n, seed=11)
 
 
 def test_each_edit_contradicts_one_kind_of_fact_in_the_same_template():
