@@ -129,6 +129,9 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(None, gt=0.0)  # None: family default (1.0, 5e-3 SD3.5)
     steps: int | None = Field(None, ge=1)  # optimizer steps; None: family default (300, 2000)
     warmup_steps: int | None = Field(None, ge=0)  # None: family default (0, 400 SD3.5)
+    # None: the family's plain MSE. A number C (SD/SD-XL only): each sample's epsilon-unit error
+    # weighted by min(1 / abar_t, C), v-prediction's weighting capped, for layout (high noise).
+    loss_weight_cap: float | None = Field(None, ge=1.0)
     zero_stage: int = Field(2, ge=0, le=3)  # DeepSpeed ZeRO stage
     offload_optimizer: bool = False  # ZeRO optimizer states on the host
     gradient_checkpointing: bool = False

@@ -64,6 +64,10 @@ def resolve(cfg: Config, fam: Family) -> Config:
     if cfg.run.chaining == "continue" and cfg.run.merge_previous:
         raise MituneError("run.chaining=continue and run.merge_previous=true both carry the "
                           "previous adapter forward; choose one")
+    if cfg.train.loss_weight_cap is not None and fam.loss != "diffusion":
+        raise MituneError(f"train.loss_weight_cap={cfg.train.loss_weight_cap} weights DDPM "
+                          f"timesteps, but model.path={cfg.model.path} is a {fam.name} model "
+                          "(flow matching); leave it unset")
     return cfg.model_copy(update={"train": train,
                                   "model": cfg.model.model_copy(update={"family": fam.name})})
 

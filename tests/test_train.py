@@ -134,6 +134,69 @@ def test_schedule_takes_family_defaults_and_deepspeed_config_follows_it():
 
 # -- errors before any training ----------------------------------------------------------------------
 
+def loss_of(tiny_folder, family, cap, *, prediction_type=None):
+    """DenoisingLoss on a fixed batch, and what it should be by hand: each sample's error in
+    epsilon units weighted by min(1 / abar_t, cap) (plain MSE when cap is None)."""
+    from mitune_ray.training.loss import DenoisingLoss
+
+    pipe, fam = load_pipeline(tiny_folder(family))
+    scheduler_config = dict(pipe.scheduler.config)
+    if prediction_type:
+        scheduler_config["prediction_type"] = prediction_type
+    net = denoiser(pipe, fam)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"latent": torch.randn(6, 4, 8, 8, generator=gen),
+             "embeds": encode_prompts(pipe, fam, ["a red ball"] * 6, "cpu").embeds}
+    loss = DenoisingLoss(fam, scheduler_config, vae_factor=4, device=torch.device("cpu"),
+                         dtype=torch.float32, weight_cap=cap)
+    with torch.no_grad():
+        got = float(loss(net, batch, torch.Generator().manual_seed(3)))
+        g = torch.Generator().manual_seed(3)  # the loss's own draws: noise, then t
+        noise = torch.randn(batch["latent"].shape, generator=g)
+        t = torch.randint(0, 1000, (6,), generator=g)
+        abar = loss.scheduler.alphas_cumprod[t]
+        noisy = loss.scheduler.add_noise(batch["latent"], noise, t)
+        pred = net(noisy, t, encoder_hidden_states=batch["embeds"]).sample
+        target = loss.scheduler.get_velocity(batch["latent"], noise, t) if prediction_type else noise
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    if cap is None:
+        return got, float(per_sample.mean())
+    if prediction_type:
+        per_sample = per_sample * abar
+    weight = (1 / abar).clamp(max=cap)
+    return got, float((weight * per_sample).sum() / weight.sum())
+
+
+@pytest.mark.parametrize("cap", [None, 1.0, 30.0])
+def test_loss_weight_cap_weights_epsilon_errors_by_capped_inverse_abar(tiny_folder, cap):
+    got, want = loss_of(tiny_folder, "sd", cap)
+    assert got == pytest.approx(want, rel=1e-5)
+    if cap == 1.0:  # every weight is 1: plain epsilon MSE
+        assert got == pytest.approx(loss_of(tiny_folder, "sd", None)[0], rel=1e-6)
+
+
+def test_loss_weight_cap_compares_v_predictions_in_epsilon_units(tiny_folder):
+    got, want = loss_of(tiny_folder, "sd", 30.0, prediction_type="v_prediction")
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_loss_weight_cap_is_refused_for_flow_matching_in_one_line(tiny_folder):
+    from mitune_ray.driver import resolve
+    from mitune_ray.families import FAMILIES
+    from mitune_ray.training.loss import DenoisingLoss
+
+    cfg = load_config(None, ["train.loss_weight_cap=10", "model.path=tiny:sd3"])
+    with pytest.raises(MituneError) as exc:
+        resolve(cfg, FAMILIES["sd3"])
+    assert "train.loss_weight_cap=10.0" in one_line(exc) and "flow matching" in one_line(exc)
+    with pytest.raises(MituneError, match="flow matching"):
+        DenoisingLoss(FAMILIES["sd3"], {}, vae_factor=8, device=torch.device("cpu"),
+                      dtype=torch.float32, weight_cap=10.0)
+    with pytest.raises(MituneError, match="loss_weight_cap"):  # below 1 would up-weight detail
+        load_config(None, ["train.loss_weight_cap=0.5"])
+    assert resolve(load_config(None, ["train.loss_weight_cap=10"]), FAMILIES["sd"]).train.loss_weight_cap == 10
+
+
 def test_bad_selected_sets_are_one_line_errors_before_training(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("training started"))
     model = tiny_folder("sd")

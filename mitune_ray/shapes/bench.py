@@ -68,6 +68,9 @@ class Scale:
     # the checker is above zero in part 1) or "paper" (the trajectory estimator, MI-TUNE's
     # default, tau -0.22 on the current model).
     mi: str = "standard"
+    # The fine-tuning loss's `train.loss_weight_cap` (1: plain epsilon MSE, the loop's default):
+    # epsilon MSE hardly weighs the high-noise steps where a layout is decided (`probe.py`).
+    loss_weight_cap: float = 1.0
 
 
 MI_SETTINGS = {"paper": MISection(),
@@ -166,6 +169,7 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
         "train.rank=8", f"train.batch_size={scale.train_batch}", "train.grad_accum=1",
         f"train.steps={scale.train_steps}", f"train.lr={scale.lr}", "train.workers=2",
+        f"train.loss_weight_cap={scale.loss_weight_cap}",
         "train.cpus_per_worker=0.5", f"train.checkpoint_every={max(1, scale.train_steps // 3)}",
         "train.validation_prompts=2", "train.validation_candidates=2",
         "eval.metrics=[mi,shapes]", f"eval.candidates={scale.eval_candidates}",

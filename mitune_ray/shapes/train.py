@@ -30,6 +30,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.shapes import model as arch
 from mitune_ray.shapes.prompts import describe
 from mitune_ray.shapes.world import IMAGE_SIZE, Scene, random_scene, render
+from mitune_ray.training.loss import capped_v_weight, weighted_mse
 
 
 @dataclass(frozen=True)
@@ -157,20 +158,6 @@ class _PromptIds:
         return torch.tensor([self.cache[p] for p in prompts])
 
 
-def weighted_loss(pred: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor,
-                  cap: float) -> torch.Tensor:
-    """Epsilon MSE with each sample weighted by `min(1 / abar_t, cap)`; `cap=1` is plain MSE.
-
-    Example:
-        >>> x = torch.ones(2, 1, 1, 1)
-        >>> float(weighted_loss(x, 0 * x, torch.tensor([0.5, 0.01]), 1.0))
-        1.0
-    """
-    per_sample = (pred - eps).pow(2).flatten(1).mean(dim=1)
-    weight = (1.0 / abar_t).clamp(max=cap)
-    return (weight * per_sample).sum() / weight.sum()
-
-
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, live: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), live.parameters()):
@@ -204,7 +191,8 @@ def train_denoiser(unet, text_encoder, latents: torch.Tensor, scenes: list[Scene
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         context = text_encoder(ids_of(prompts))[0]
-        loss = weighted_loss(unet(zt, t, context).sample, eps, abar[t], s.loss_weight_cap)
+        weight = capped_v_weight(abar[t], s.loss_weight_cap)
+        loss = weighted_mse(unet(zt, t, context).sample, eps, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -2,7 +2,12 @@
 encoders at training time).
 
 - "diffusion" (SD-2.1, SD-XL): t uniform over the scheduler's training timesteps, `add_noise`,
-  target eps, or the velocity where the scheduler predicts v; MSE.
+  target eps, or the velocity where the scheduler predicts v; MSE. With `weight_cap` (config
+  `train.loss_weight_cap`), each sample's error in epsilon units is weighted by
+  `min(1 / abar_t, cap)`: v-prediction's weighting, capped, which puts the weight where the
+  layout is decided (high noise); plain epsilon MSE weighs an error in the predicted image there
+  by `abar_t / (1 - abar_t)`, 2.4% at t = 850 (ShapesWorld's probe: a relation is learnt with
+  cap 100 and not without).
 - "flow_matching" (SD3.5): sigma = sigmoid(u), u ~ N(0, 1) (logit-normal, mean 0, std 1);
   x = (1 - sigma) x0 + sigma noise; target = noise - x0; timestep = 1000 sigma; MSE.
 
@@ -17,15 +22,40 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from mitune_ray.errors import MituneError
 from mitune_ray.families import Family, predict
+
+
+def capped_v_weight(abar_t: torch.Tensor, cap: float) -> torch.Tensor:
+    """`min(1 / abar_t, cap)`: the weight on an epsilon-unit error (1 everywhere at cap 1).
+
+        >>> capped_v_weight(torch.tensor([0.5, 0.01]), 20.0).tolist()
+        [2.0, 20.0]
+    """
+    return (1.0 / abar_t).clamp(max=cap)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each sample's MSE, averaged with `weight` (normalised: equal weights give plain MSE).
+
+        >>> x = torch.ones(2, 1, 1, 1)
+        >>> float(weighted_mse(x, 0 * x, torch.tensor([3.0, 1.0])))
+        1.0
+    """
+    per_sample = (pred - target).pow(2).flatten(1).mean(dim=1)
+    return (weight * per_sample).sum() / weight.sum()
 
 
 class DenoisingLoss:
     """`loss(net, batch, generator)` -> the scalar MSE of the family's objective."""
 
     def __init__(self, fam: Family, scheduler_config: dict, *, vae_factor: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, weight_cap: float | None = None):
         self.fam, self.device, self.dtype, self.vae_factor = fam, device, dtype, vae_factor
+        self.weight_cap = weight_cap
+        if weight_cap is not None and fam.loss != "diffusion":
+            raise MituneError(f"train.loss_weight_cap={weight_cap} weights DDPM timesteps, but the "
+                              f"{fam.name} family trains by flow matching; leave it unset")
         self.scheduler = None
         if fam.loss == "diffusion":
             from diffusers import DDPMScheduler
@@ -64,4 +94,11 @@ class DenoisingLoss:
         holder = SimpleNamespace(**{self.fam.denoiser: net})
         pred = predict(holder, self.fam, noisy.to(self.dtype), timestep, embeds, pooled,
                        self.time_ids(x0))
-        return F.mse_loss(pred.float(), target.float())
+        if self.weight_cap is None:
+            return F.mse_loss(pred.float(), target.float())
+        abar = self.scheduler.alphas_cumprod.to(self.device)[t]
+        pred, target = pred.float(), target.float()
+        if self.v_prediction:  # a v error is an epsilon error / sqrt(abar_t): epsilon units
+            scale = abar.sqrt().view(-1, *[1] * (pred.dim() - 1))
+            pred, target = pred * scale, target * scale
+        return weighted_mse(pred, target, capped_v_weight(abar, self.weight_cap))

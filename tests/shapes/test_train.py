@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes import model as arch
-from mitune_ray.shapes.train import TrainSettings, _lr_factor, train_shapes_model, weighted_loss
+from mitune_ray.shapes.train import TrainSettings, _lr_factor, train_shapes_model
 from mitune_ray.tokenizer import clip_tokenizer
 
 
@@ -74,17 +73,6 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         train_shapes_model(str(tmp_path), minutes=0)
     with pytest.raises(MituneError, match="loss_weight_cap=0.5 must be >= 1"):
         TrainSettings(loss_weight_cap=0.5)
-
-
-def test_loss_weighting_is_plain_mse_at_cap_one_and_v_weighting_below_the_cap():
-    gen = torch.Generator().manual_seed(0)
-    pred, eps = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
-    abar = torch.tensor([0.9, 0.2, 0.01])
-    assert weighted_loss(pred, eps, abar, 1.0) == pytest.approx(float(F.mse_loss(pred, eps)))
-    per_sample = (pred - eps).pow(2).mean(dim=(1, 2, 3))
-    weight = torch.tensor([1 / 0.9, 5.0, 20.0])  # 1 / abar, the last one capped at 20
-    expected = float((weight * per_sample).sum() / weight.sum())
-    assert weighted_loss(pred, eps, abar, 20.0) == pytest.approx(expected)
 
 
 def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, capsys):
