@@ -17,9 +17,10 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
-    parser.add_argument("--loss-weight-cap", type=float, default=1.0,
-                        help="weight each sample's loss by min(1 / abar_t, CAP); 1 (default) is "
-                             "plain epsilon loss, the shipped model's; see shapes/probe.py")
+    parser.add_argument("--loss-weight-cap", type=float, default=TrainSettings.loss_weight_cap,
+                        help="weight each sample's loss by min(1 / abar_t, CAP); the default, "
+                             "100, is the shipped model's; 1 is plain epsilon loss; see "
+                             "shapes/probe.py")
     args = parser.parse_args(argv)
     if not args.loss_weight_cap >= 1.0:
         parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
