@@ -223,7 +223,8 @@ def eval_fact_rates(store: Store, version: str) -> dict[str, float | None]:
     return fact_rates(_checked(store, f"{version}/eval/selected"))
 
 
-def _rates(rates: dict) -> str:
+def rates_line(rates: dict) -> str:
+    """Fact rates on one line: "object 0.85, size 0.80, ..." ("-": no fact of that kind)."""
     return ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in rates.items())
 
 
@@ -268,7 +269,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
         store = Store(cfg.run.uri)
         base = _correct_by_prompt(store, "eval-base")
         base_facts = eval_fact_rates(store, "eval-base")
-        log(f"[mitune] select by {arm}, base model: held-out facts that hold: {_rates(base_facts)}")
+        log(f"[mitune] select by {arm}, base model: held-out facts that hold: {rates_line(base_facts)}")
         rounds, selected = {}, {}
         for r in range(1, scale.rounds + 1):
             rounds[r] = g = paired_gain(base, _correct_by_prompt(store, f"round-{r:03d}"))
@@ -279,7 +280,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
                 f"held out fully correct {g['base_rate']:.3f} -> "
                 f"{g['tuned_rate']:.3f} (gain {g['gain']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]); "
-                f"facts that hold: {_rates(g['facts'])}")
+                f"facts that hold: {rates_line(g['facts'])}")
         out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
                     "seconds": round(time.perf_counter() - start, 1)}
     return out

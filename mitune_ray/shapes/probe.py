@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "two-prompt relation world and probe that")
     parser.add_argument("--channels", default=None,
                         help="with --learn: the UNet's block channels, e.g. 64,128 (the shipped)")
-    parser.add_argument("--loss-weight-cap", type=float, default=1.0,
-                        help="with --learn: TrainSettings.loss_weight_cap (1: epsilon loss)")
+    parser.add_argument("--loss-weight-cap", type=float, default=TrainSettings.loss_weight_cap,
+                        help="with --learn: TrainSettings.loss_weight_cap (default: the recipe's, "
+                             "100; 1: plain epsilon loss)")
     parser.add_argument("--lr", type=float, default=TrainSettings.unet_lr,
                         help="with --learn: the UNet and text encoder's learning rate")
     parser.add_argument("--n", type=int, default=96, help="ground-truth scenes")

@@ -16,14 +16,24 @@ process (no Ray, no DeepSpeed; a GPU when there is one) so a sweep takes minutes
 Phase A times the oracle (the upper bound) for one round at several learning rates; phase B runs
 the three arms for several rounds at the best one. Each trial is appended to `--json` as it ends.
 
+`--grid` runs given combinations instead, by default the oracle for one round. Beside the
+learning rate and the step count it varies what the fine-tuning step is: the loss weighting the
+model was trained with (`loss_weight_cap`), the adapter's layers (`targets`: the reference's
+attention projections, all layers, or a full fine-tune), and its data (`data=truth`: rendered
+ground-truth images of the tuning prompts, the most any selection could give it). The base
+model's first-round selection is made once and shared by the trials.
+
     python -m mitune_ray.shapes.sweep --json sweep.json               # one GPU, ~4 minutes
     python -m mitune_ray.shapes.sweep --quick --json /tmp/sweep.json  # the machinery, on a CPU
+    python -m mitune_ray.shapes.sweep --json grid.json --guidance 5 --grid data=truth,kept \
+        targets=attention,all lr=1e-3 steps=600 loss_weight_cap=100   # ~? min on 2 CPU cores
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -33,7 +43,7 @@ import numpy as np
 import torch
 
 from mitune_ray.config import GenerateSection, MISection, TrainSection
-from mitune_ray.shapes.bench import MI_SETTINGS, paired_gain
+from mitune_ray.shapes.bench import MI_SETTINGS, paired_gain, rates_line
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,31 @@ class Trial:
     steps: int = 150  # optimizer steps per round
     batch: int = 16
     rank: int = 8
+    # None: the framework's plain MSE; C: each sample weighted by min(1 / abar_t, C), as the
+    # shipped model was trained (C = 100). See `train.loss_weight_cap`.
+    loss_weight_cap: float | None = None
+    targets: str = "attention"  # a key of TARGETS: which denoiser layers the adapter trains
+    # "kept": the arm's kept candidates (the sampler's final latents, as the loop trains on them);
+    # "pixels": the same candidates decoded to 8-bit images and encoded again by the VAE (as a
+    # trainer that stores images sees them); "truth": rendered ground-truth images of the same
+    # prompts (`keep` per prompt), the most any selection could hand the fine-tuning step.
+    data: str = "kept"
+    # > 0: the trained weights are replaced by their exponential moving average with this decay
+    # (warmed up as in `mitune shapes train`); the shipped model is such an average (0.999).
+    ema: float = 0.0
+    # The share of training examples whose prompt is replaced by the empty one, as in
+    # pre-training (`TrainSettings.p_uncond`): the unconditional prediction, which classifier-free
+    # guidance subtracts, then moves with the conditional one.
+    p_uncond: float = 0.0
+    guidance: float | None = None  # the candidates' classifier-free guidance (None: the setup's)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A fine-tuning example that is not a kept candidate (a rendered ground-truth image)."""
+
+    latent: torch.Tensor
+    embeds: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -57,9 +92,23 @@ class Setup:
     guidance: float = 7.5  # of the candidates and the evaluation alike (bench: --scale guidance)
     max_batch: int = 1024
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    tuned_eval_prompts: int = 64  # also evaluated: this many of the tuning prompts (0: none)
 
 
-QUICK_SETUP = Setup(eval_prompts=3, eval_seeds=1, sample_steps=4, max_batch=64, lrs=(1e-4, 1e-3))
+# DoRA's targets. "attention" is the reference's (the family's `target_modules`); "all" adds the
+# transformer blocks' projections and feed-forward and the resnets' convolutions; "full" trains
+# every denoiser weight, no adapter (a control: is a low-rank adapter the limit?).
+TARGETS: dict[str, tuple[str, ...] | None] = {
+    "attention": None,
+    "all": ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+            "ff.net.2", "conv1", "conv2"),
+    "full": None,
+}
+DATA = ("kept", "pixels", "truth")
+ARMS = ("mi", "random", "checker")
+
+QUICK_SETUP = Setup(eval_prompts=3, eval_seeds=1, sample_steps=4, max_batch=64, lrs=(1e-4, 1e-3),
+                    tuned_eval_prompts=2)
 QUICK_TRIAL = Trial(arm="checker", lr=1e-4, rounds=1, tune_prompts=3, candidates=3, keep=1,
                     steps=2, batch=2)
 
@@ -78,7 +127,19 @@ class Lab:
         self.pipe, self.fam, self.device, self.dtype = load_model(ModelSpec(model, dtype="float32"))
         self.base = denoiser(self.pipe, self.fam)
         self.eval = [Prompt(prompt_id(t), t) for t in eval_prompts(setup.eval_prompts, seed=1)]
-        self.base_correct = self.evaluate(self.base)
+        self.base_correct, self.base_facts = self.evaluate(self.base)
+        self._first_round: dict[tuple, tuple[list, float]] = {}  # the base model's selections
+        self._base_on: dict[tuple, dict[str, float]] = {}  # the base model on tuning prompts
+
+    def tuned_gain(self, net: torch.nn.Module, prompts) -> dict:
+        """The gain on the first `setup.tuned_eval_prompts` of the tuning prompts themselves
+        (fresh seeds): whether the step taught the prompts it saw, beside whether it transfers."""
+        prompts = prompts[: self.setup.tuned_eval_prompts]
+        key = tuple(p.text for p in prompts)
+        if key not in self._base_on:
+            self._base_on[key] = self.evaluate(self.base, prompts)[0]
+        correct, facts = self.evaluate(net, prompts)
+        return {**paired_gain(self._base_on[key], correct), "facts": facts}
 
     def _use(self, net: torch.nn.Module) -> None:
         setattr(self.pipe, self.fam.denoiser, net)
@@ -93,61 +154,135 @@ class Lab:
                                                              for im in images])
 
     @torch.no_grad()
-    def evaluate(self, net: torch.nn.Module) -> dict[str, float]:
+    def evaluate(self, net: torch.nn.Module, prompts=None) -> tuple[dict[str, float], dict]:
         """Prompt id -> fully-correct share over the evaluation seeds (round index 0: the same
-        seeds for every version)."""
-        from mitune_ray.shapes.checker import check
+        seeds for every version, none of them a candidate's), and the share of each kind of fact
+        that holds; on the held-out evaluation prompts unless `prompts` are given."""
+        from mitune_ray.shapes.checker import check, fact_rates
 
         n = self.setup.eval_seeds
         self._use(net)
         gen = GenerateSection(candidates=n, keep=n, steps=self.setup.sample_steps,
                               guidance=self.setup.guidance, max_batch=self.setup.max_batch)
         # The trajectory estimator costs nothing extra; evaluation reads no MI.
-        results = self._sampler(gen, MISection()).generate(self.eval, 0)
-        return {r.prompt.prompt_id: float(np.mean([check(r.prompt.text, s.image).all_correct
-                                                   for s in r.selected])) for r in results}
+        results = self._sampler(gen, MISection()).generate(prompts or self.eval, 0)
+        checks = {r.prompt.prompt_id: [check(r.prompt.text, s.image) for s in r.selected]
+                  for r in results}
+        correct = {pid: float(np.mean([c.all_correct for c in cs])) for pid, cs in checks.items()}
+        return correct, fact_rates([c for cs in checks.values() for c in cs])
 
     @torch.no_grad()
     def select(self, net: torch.nn.Module, trial: Trial, round_index: int, prompts) -> tuple:
-        """The kept candidates of one round (generated by `net`) and their checker quality."""
+        """The kept candidates of one round (generated by `net`) and their checker quality.
+
+        The base model's selections are the same for every trial that differs only in its
+        fine-tuning, so they are made once (a sweep of fine-tuning settings then costs only the
+        training and the evaluation)."""
         from mitune_ray.shapes.checker import check
 
+        key = (trial.arm, trial.candidates, trial.keep, trial.guidance,
+               tuple(p.text for p in prompts))
+        if net is self.base and round_index == 1 and key in self._first_round:
+            return self._first_round[key]
         self._use(net)
         gen = GenerateSection(candidates=trial.candidates, keep=trial.keep,
-                              steps=self.setup.sample_steps, guidance=self.setup.guidance,
+                              steps=self.setup.sample_steps,
+                              guidance=trial.guidance or self.setup.guidance,
                               max_batch=self.setup.max_batch, select_by=trial.arm)
-        results = self._sampler(gen).generate(prompts, round_index)
+        # Only the MI arm reads MI: the others take the trajectory estimator, which costs nothing.
+        mi = MI_SETTINGS["standard"] if trial.arm == "mi" else MISection()
+        results = self._sampler(gen, mi).generate(prompts, round_index)
         kept = [s for r in results for s in r.selected]
         correct = [check(r.prompt.text, s.image).all_correct for r in results for s in r.selected]
+        out = kept, float(np.mean(correct))
+        if net is self.base and round_index == 1:
+            self._first_round[key] = out
+        return out
+
+    @torch.no_grad()
+    def reencode(self, kept: list) -> list:
+        """The kept candidates' 8-bit images encoded by the VAE (posterior mean), with their
+        prompts' embeddings."""
+        from mitune_ray.families import encode_images
+
+        images = torch.stack([torch.tensor(s.image).permute(2, 0, 1).float() / 255 for s in kept])
+        latents = torch.cat([encode_images(self.pipe, images[j : j + 256].to(
+            self.device, self.dtype)).float().cpu() for j in range(0, len(images), 256)])
+        return [Example(z, s.embeds) for z, s in zip(latents, kept)]
+
+    @torch.no_grad()
+    def truth(self, trial: Trial, prompts) -> tuple:
+        """`trial.keep` rendered ground-truth images per prompt (unstated sizes drawn at random),
+        encoded as the kept candidates are, and their checker quality (1.0 by construction)."""
+        from mitune_ray.families import encode_images, encode_prompts
+        from mitune_ray.sampling import derive_seed
+        from mitune_ray.shapes.checker import check
+        from mitune_ray.shapes.prompts import parse_prompt
+        from mitune_ray.shapes.world import SIZES, Obj, Scene, render
+
+        cond = encode_prompts(self.pipe, self.fam, [p.text for p in prompts], self.device)
+        images, embeds, correct = [], [], []
+        for i, prompt in enumerate(prompts):
+            facts = parse_prompt(prompt.text)
+            for k in range(trial.keep):
+                seed = derive_seed("truth", prompt.prompt_id, k)
+                rng = np.random.default_rng(seed)
+                scene = Scene(tuple(Obj(o.colour, o.shape, o.size or str(rng.choice(list(SIZES))))
+                                    for o in facts.objects), facts.relation)
+                image = render(scene, seed)
+                correct.append(check(prompt.text, image).all_correct)
+                images.append(torch.tensor(image).permute(2, 0, 1).float() / 255)
+                embeds.append(cond.embeds[i].float().cpu())
+        latents = torch.cat([encode_images(self.pipe, torch.stack(images[j : j + 256]).to(
+            self.device, self.dtype)).float().cpu() for j in range(0, len(images), 256)])
+        kept = [Example(z, e) for z, e in zip(latents, embeds)]
         return kept, float(np.mean(correct))
 
     def train(self, kept: list, trial: Trial, seed: int) -> torch.nn.Module:
-        """A fresh DoRA adapter on the base denoiser, trained on `kept`."""
+        """A fresh DoRA adapter on the base denoiser (or a copy of it, all trained), trained on
+        `kept`."""
         from mitune_ray.adapters import dora_config
+        from mitune_ray.families import encode_prompts
         from mitune_ray.training.engine import ADAM_BETAS, ADAM_EPS, WEIGHT_DECAY
         from mitune_ray.training.loss import DenoisingLoss
 
         net = copy.deepcopy(self.base)
-        net.requires_grad_(False)
         torch.manual_seed(seed)
-        net.add_adapter(dora_config(self.fam, TrainSection(rank=trial.rank)))
+        if trial.targets != "full":
+            net.requires_grad_(False)
+            config = dora_config(self.fam, TrainSection(rank=trial.rank))
+            if TARGETS[trial.targets] is not None:
+                config.target_modules = set(TARGETS[trial.targets])
+            net.add_adapter(config)
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=trial.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
                                 weight_decay=WEIGHT_DECAY)
         loss_fn = DenoisingLoss(self.fam, dict(self.pipe.scheduler.config),
                                 vae_factor=self.pipe.vae_scale_factor, device=self.device,
-                                dtype=self.dtype)
+                                dtype=self.dtype, weight_cap=trial.loss_weight_cap)
         latents = torch.stack([s.latent for s in kept])
         embeds = torch.stack([s.embeds for s in kept])
+        null = encode_prompts(self.pipe, self.fam, [""], self.device).null_embeds.float().cpu()
         g = torch.Generator().manual_seed(seed)
-        for _ in range(trial.steps):
+        average = [p.detach().clone() for p in params] if trial.ema else None
+        for step in range(1, trial.steps + 1):
             idx = torch.randperm(len(kept), generator=g)[: trial.batch]
-            loss = loss_fn(net, {"latent": latents[idx], "embeds": embeds[idx]}, g)
+            batch = {"latent": latents[idx], "embeds": embeds[idx]}
+            if trial.p_uncond:
+                drop = torch.rand(len(idx), generator=g) < trial.p_uncond
+                batch["embeds"] = torch.where(drop.view(-1, 1, 1), null, batch["embeds"])
+            loss = loss_fn(net, batch, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if average is not None:
+                decay = min(trial.ema, (1 + step) / (10 + step))
+                torch._foreach_lerp_(average, [p.detach() for p in params], 1.0 - decay)
+        if average is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(params, average)
         net.eval()
         return net
 
@@ -160,16 +295,34 @@ class Lab:
         prompts = [Prompt(prompt_id(t), t) for t in tune_prompts(trial.tune_prompts)]
         net, rounds = self.base, []
         for r in range(1, trial.rounds + 1):
-            kept, quality = self.select(net, trial, r, prompts)
+            kept, quality = (self.truth(trial, prompts) if trial.data == "truth"
+                             else self.select(net, trial, r, prompts))
+            if trial.data == "pixels":
+                kept = self.reencode(kept)
             net = self.train(kept, trial, seed=r)
-            gain = paired_gain(self.base_correct, self.evaluate(net))
-            rounds.append({"round": r, "kept": len(kept), "kept_fully_correct": quality, **gain})
-            self.log(f"[sweep] {trial.arm} lr {trial.lr:g} round {r}: kept {len(kept)} "
+            correct, facts = self.evaluate(net)
+            gain = paired_gain(self.base_correct, correct)
+            tuned = self.tuned_gain(net, prompts) if self.setup.tuned_eval_prompts else None
+            rounds.append({"round": r, "kept": len(kept), "kept_fully_correct": quality, **gain,
+                           "facts": facts, "tuned_prompts": tuned})
+            self.log(f"[sweep] {describe(trial)} round {r}: kept {len(kept)} "
                      f"({quality:.2f} fully correct); held out {gain['base_rate']:.3f} -> "
                      f"{gain['tuned_rate']:.3f} (gain {gain['gain']:+.3f} "
-                     f"[{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}])")
+                     f"[{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]); facts {rates_line(facts)}"
+                     + ("" if tuned is None else
+                        f"; tuned prompts {tuned['base_rate']:.3f} -> {tuned['tuned_rate']:.3f} "
+                        f"(gain {tuned['gain']:+.3f} [{tuned['ci'][0]:+.3f}, "
+                        f"{tuned['ci'][1]:+.3f}])"))
         return {"trial": asdict(trial), "rounds": rounds,
                 "seconds": round(time.perf_counter() - start, 1)}
+
+
+def describe(trial: Trial) -> str:
+    """The trial's settings that differ from the defaults, for log lines."""
+    changed = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+               for k, v in asdict(trial).items()
+               if k not in ("arm", "lr") and v != getattr(Trial, k, None)]
+    return " ".join([trial.arm, f"lr {trial.lr:g}", *changed])
 
 
 def sweep(lab: Lab, base: Trial, *, budget_s: float, write, lr: float | None = None,
@@ -198,6 +351,69 @@ def sweep(lab: Lab, base: Trial, *, budget_s: float, write, lr: float | None = N
     return out
 
 
+def _cap(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+_GRID_TYPES = {"arm": str, "lr": float, "rounds": int, "tune_prompts": int, "candidates": int,
+               "keep": int, "steps": int, "batch": int, "rank": int, "loss_weight_cap": _cap,
+               "targets": str, "data": str, "ema": float, "p_uncond": float,
+               "guidance": float}
+_CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA}
+_BOUNDS = {"lr": (0.0, 1.0), "ema": (0.0, 1.0), "p_uncond": (0.0, 1.0), "guidance": (1.0, 100.0),
+           "loss_weight_cap": (1.0, float("inf")), **{k: (1, 10**9) for k in (
+               "rounds", "tune_prompts", "candidates", "keep", "steps", "batch", "rank")}}
+
+
+def grid_trials(items: list[str], base: Trial) -> list[Trial]:
+    """Every combination of `key=v1,v2,...` items, as changes to `base` (the last key varies
+    fastest); a "+" item starts another grid, whose trials follow. Raises ValueError naming the
+    bad item.
+
+    Example:
+        >>> [(t.lr, t.steps) for t in grid_trials(["lr=1e-4,1e-3", "steps=600", "+", "lr=3e-5"],
+        ...                                       QUICK_TRIAL)]
+        [(0.0001, 600), (0.001, 600), (3e-05, 2)]
+    """
+    if "+" in items:
+        at = items.index("+")
+        return grid_trials(items[:at], base) + grid_trials(items[at + 1 :], base)
+    axes: list[list[tuple[str, object]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or key not in _GRID_TYPES or not values:
+            raise ValueError(f"--grid {item!r}: write key=v1,v2,... with a key among "
+                             f"{', '.join(_GRID_TYPES)}")
+        try:
+            parsed = [_GRID_TYPES[key](v) for v in values.split(",")]
+        except ValueError:
+            kind = "number or none" if key == "loss_weight_cap" else _GRID_TYPES[key].__name__
+            raise ValueError(f"--grid {item!r}: a value of {key} is not a {kind}") from None
+        bad = [v for v in parsed if key in _CHOICES and v not in _CHOICES[key]]
+        if bad:
+            raise ValueError(f"--grid {item!r}: {key} {bad[0]!r} is not one of "
+                             f"{', '.join(_CHOICES[key])}")
+        low, high = _BOUNDS.get(key, (None, None))
+        bad = [v for v in parsed if low is not None and v is not None and not low <= v < high]
+        if bad:
+            raise ValueError(f"--grid {item!r}: {key} {bad[0]:g} is outside [{low:g}, {high:g})")
+        axes.append([(key, v) for v in parsed])
+    return [replace(base, **dict(combo)) for combo in itertools.product(*axes)]
+
+
+def run_grid(lab: Lab, trials: list[Trial], *, budget_s: float, write) -> list[dict]:
+    """Each trial in order, as long as the budget lasts (one starts only if the last one's time
+    fits)."""
+    start, out = time.perf_counter(), []
+    for trial in trials:
+        if out and time.perf_counter() - start + out[-1]["seconds"] > budget_s:
+            lab.log(f"[sweep] budget spent before {describe(trial)}")
+            break
+        out.append(lab.run(trial))
+        write(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.sweep",
                                 description=__doc__.split("\n\n")[0])
@@ -209,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="mi,random,checker", help="phase B's arms, in order")
     p.add_argument("--rounds", type=int, help="phase B's rounds (default 3)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
+    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                   help="instead of phases A and B: every combination of these trial settings, "
+                        "each the oracle for one round unless arm= or rounds= says otherwise "
+                        "(keys: " + ", ".join(_GRID_TYPES) + ")")
     args = p.parse_args(argv)
     if args.guidance is not None and args.guidance <= 0:
         p.error(f"--guidance {args.guidance}: must be above 0 (the base model is best at 3-5)")
@@ -217,18 +437,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.guidance is not None:
         setup = replace(setup, guidance=args.guidance)
     base = replace(base, rounds=args.rounds or base.rounds)
+    grid = None
+    if args.grid:
+        try:
+            grid = grid_trials(args.grid, replace(base, rounds=args.rounds or 1,
+                                                  lr=args.lr or base.lr))
+        except ValueError as e:
+            p.error(str(e))
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     lab = Lab(args.model, setup, log=log)
     env = {"device": torch.cuda.get_device_name() if lab.device.type == "cuda" else "cpu",
-           "setup": asdict(setup), "base_rate": float(np.mean(list(lab.base_correct.values())))}
-    log(f"[sweep] {env['device']}: base model held out fully correct {env['base_rate']:.3f}")
+           "setup": asdict(setup), "base_rate": float(np.mean(list(lab.base_correct.values()))),
+           "base_facts": lab.base_facts}
+    log(f"[sweep] {env['device']}: base model held out fully correct {env['base_rate']:.3f}; "
+        f"facts {rates_line(lab.base_facts)}")
 
     def write(trials: list[dict]) -> None:
         with open(args.json, "w") as f:
             json.dump({**env, "trials": trials}, f, indent=1)
 
-    sweep(lab, base, budget_s=args.budget_s, write=write, lr=args.lr,
-          arms=tuple(args.arms.split(",")))
+    if grid is not None:
+        run_grid(lab, grid, budget_s=args.budget_s, write=write)
+    else:
+        sweep(lab, base, budget_s=args.budget_s, write=write, lr=args.lr,
+              arms=tuple(args.arms.split(",")))
     return 0
 
 

@@ -1,6 +1,7 @@
 """The one-process fine-tuning sweep (mitune_ray/shapes/sweep.py), at its quick sizes on a CPU."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -61,3 +62,101 @@ def test_training_moves_the_adapter_and_leaves_the_base_alone(lab):
     ups = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert any(p.abs().sum() > 0 for p in ups), "the steps moved the adapter"
     assert all(torch.equal(before[k], v) for k, v in lab.base.state_dict().items())
+
+
+def test_grid_runs_each_combination_in_order(tmp_path):
+    out = tmp_path / "grid.json"
+    assert main(["--quick", "--json", str(out), "--grid", "data=truth,kept", "targets=all",
+                 "loss_weight_cap=100", "+", "targets=full", "lr=3e-5"]) == 0
+    trials = [t["trial"] for t in json.loads(out.read_text())["trials"]]
+    assert [(t["data"], t["targets"], t["loss_weight_cap"], t["lr"]) for t in trials] == [
+        ("truth", "all", 100.0, QUICK_TRIAL.lr), ("kept", "all", 100.0, QUICK_TRIAL.lr),
+        ("kept", "full", None, 3e-5)]
+    assert all(t["arm"] == "checker" and t["rounds"] == 1 for t in trials)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr=abc", "--grid 'lr=abc': a value of lr is not a float"),
+    ("targets=convs", "--grid 'targets=convs': targets 'convs' is not one of attention, all, full"),
+    ("speed=3", "--grid 'speed=3': write key=v1,v2,... with a key among arm, lr,"),
+    ("p_uncond=0,1", "--grid 'p_uncond=0,1': p_uncond 1 is outside [0, 1)"),
+    ("steps=0", "--grid 'steps=0': steps 0 is outside [1, 1e+09)"),
+])
+def test_a_bad_grid_item_is_a_one_line_error(tmp_path, capsys, item, message):
+    with pytest.raises(SystemExit) as exit:
+        main(["--quick", "--json", str(tmp_path / "s.json"), "--grid", item])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit.value.code == 2 and message in err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_ground_truth_examples_are_correct_and_encoded_like_candidates(lab):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    truth, quality = lab.truth(replace(QUICK_TRIAL, keep=2), lab.eval)
+    assert quality == 1.0 and len(truth) == 2 * len(lab.eval)
+    assert truth[0].latent.shape == kept[0].latent.shape
+    assert torch.equal(truth[0].embeds, kept[0].embeds)  # the same prompt's text embeddings
+    assert not torch.equal(truth[0].latent, truth[1].latent)  # two renders of one prompt
+
+
+def test_the_base_models_selection_is_made_once(lab):
+    first = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    assert lab.select(lab.base, replace(QUICK_TRIAL, lr=1.0, steps=9), 1, lab.eval) is first
+    assert lab.select(lab.base, QUICK_TRIAL, 2, lab.eval) is not first  # another round's seeds
+
+
+@pytest.mark.parametrize("targets, trains", [
+    ("attention", {"to_q", "to_k", "to_v", "to_out"}),
+    ("all", {"to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out", "ff", "conv1", "conv2"}),
+])
+def test_the_adapter_covers_its_targets(lab, targets, trains):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    tuned = lab.train(kept, replace(QUICK_TRIAL, targets=targets), seed=1)
+    adapted = {name.split(".lora_")[0] for name, p in tuned.named_parameters() if p.requires_grad}
+    assert adapted and all(".lora_" in n for n, p in tuned.named_parameters() if p.requires_grad)
+    kinds = {part for name in adapted for part in trains if f".{part}" in name}
+    assert kinds == trains
+
+
+def test_full_fine_tuning_trains_every_weight_of_a_copy(lab):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    before = {k: v.clone() for k, v in lab.base.state_dict().items()}
+    tuned = lab.train(kept, replace(QUICK_TRIAL, targets="full", lr=1e-3), seed=1)
+    assert not any("lora" in n for n, _ in tuned.named_parameters())
+    assert not torch.equal(tuned.conv_in.weight, lab.base.conv_in.weight)
+    assert all(torch.equal(before[k], v) for k, v in lab.base.state_dict().items())
+
+
+def test_each_round_also_reports_the_tuning_prompts_themselves(tmp_path):
+    out = tmp_path / "grid.json"
+    main(["--quick", "--json", str(out), "--grid", "data=truth"])
+    (round_1,) = json.loads(out.read_text())["trials"][0]["rounds"]
+    tuned = round_1["tuned_prompts"]
+    assert tuned["prompts"] == QUICK_SETUP.tuned_eval_prompts
+    assert tuned["ci"][0] <= tuned["gain"] <= tuned["ci"][1]
+    assert set(tuned["facts"]) >= {"object", "relation"} and set(round_1["facts"]) == set(
+        tuned["facts"])
+
+
+def test_the_moving_average_lies_between_the_base_and_the_last_step(lab):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    trial = replace(QUICK_TRIAL, targets="full", lr=1e-3, steps=4)
+    last, averaged = lab.train(kept, trial, seed=1), lab.train(kept, replace(trial, ema=0.9), seed=1)
+    base, w_last, w_avg = (m.conv_in.weight.detach() for m in (lab.base, last, averaged))
+    assert 0 < (w_avg - base).norm() < (w_last - base).norm()
+
+
+def test_dropped_prompts_train_the_unconditional_prediction(lab):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    trial = replace(QUICK_TRIAL, targets="full", lr=1e-3, steps=3)
+    conditional, mixed = lab.train(kept, trial, seed=1), lab.train(kept, replace(
+        trial, p_uncond=0.5), seed=1)
+    assert not torch.equal(conditional.conv_in.weight, mixed.conv_in.weight)
+
+
+def test_reencoded_pixels_replace_the_sampled_latents(lab):
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    again = lab.reencode(kept)
+    assert [e.latent.shape for e in again] == [s.latent.shape for s in kept]
+    assert all(torch.equal(e.embeds, s.embeds) for e, s in zip(again, kept))
+    assert not torch.equal(again[0].latent, kept[0].latent)
