@@ -132,6 +132,10 @@ class TrainSection(Section):
     # None: the family's plain MSE. A number C (SD/SD-XL only): each sample's epsilon-unit error
     # weighted by min(1 / abar_t, C), v-prediction's weighting capped, for layout (high noise).
     loss_weight_cap: float | None = Field(None, ge=1.0)
+    # SD/SD-XL only: train on timesteps min_timestep..999 (0: all). Where a layout is decided
+    # (high noise), not the low-noise detail where a small model's samples differ from real
+    # images most (ShapesWorld's sweep: fine-tuning on its own samples there unlearns).
+    min_timestep: int = Field(0, ge=0, lt=1000)
     zero_stage: int = Field(2, ge=0, le=3)  # DeepSpeed ZeRO stage
     offload_optimizer: bool = False  # ZeRO optimizer states on the host
     gradient_checkpointing: bool = False

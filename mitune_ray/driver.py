@@ -68,6 +68,10 @@ def resolve(cfg: Config, fam: Family) -> Config:
         raise MituneError(f"train.loss_weight_cap={cfg.train.loss_weight_cap} weights DDPM "
                           f"timesteps, but model.path={cfg.model.path} is a {fam.name} model "
                           "(flow matching); leave it unset")
+    if cfg.train.min_timestep and fam.loss != "diffusion":
+        raise MituneError(f"train.min_timestep={cfg.train.min_timestep} bounds DDPM timesteps, "
+                          f"but model.path={cfg.model.path} is a {fam.name} model "
+                          "(flow matching); leave it at 0")
     return cfg.model_copy(update={"train": train,
                                   "model": cfg.model.model_copy(update={"family": fam.name})})
 

@@ -134,7 +134,7 @@ def test_schedule_takes_family_defaults_and_deepspeed_config_follows_it():
 
 # -- errors before any training ----------------------------------------------------------------------
 
-def loss_of(tiny_folder, family, cap, *, prediction_type=None):
+def loss_of(tiny_folder, family, cap, *, prediction_type=None, min_t=0):
     """DenoisingLoss on a fixed batch, and what it should be by hand: each sample's error in
     epsilon units weighted by min(1 / abar_t, cap) (plain MSE when cap is None)."""
     from mitune_ray.training.loss import DenoisingLoss
@@ -148,12 +148,13 @@ def loss_of(tiny_folder, family, cap, *, prediction_type=None):
     batch = {"latent": torch.randn(6, 4, 8, 8, generator=gen),
              "embeds": encode_prompts(pipe, fam, ["a red ball"] * 6, "cpu").embeds}
     loss = DenoisingLoss(fam, scheduler_config, vae_factor=4, device=torch.device("cpu"),
-                         dtype=torch.float32, weight_cap=cap)
+                         dtype=torch.float32, weight_cap=cap, min_timestep=min_t)
     with torch.no_grad():
         got = float(loss(net, batch, torch.Generator().manual_seed(3)))
         g = torch.Generator().manual_seed(3)  # the loss's own draws: noise, then t
         noise = torch.randn(batch["latent"].shape, generator=g)
-        t = torch.randint(0, 1000, (6,), generator=g)
+        t = torch.randint(min_t, 1000, (6,), generator=g)
+        assert t.min() >= min_t
         abar = loss.scheduler.alphas_cumprod[t]
         noisy = loss.scheduler.add_noise(batch["latent"], noise, t)
         pred = net(noisy, t, encoder_hidden_states=batch["embeds"]).sample
@@ -173,6 +174,33 @@ def test_loss_weight_cap_weights_epsilon_errors_by_capped_inverse_abar(tiny_fold
     assert got == pytest.approx(want, rel=1e-5)
     if cap == 1.0:  # every weight is 1: plain epsilon MSE
         assert got == pytest.approx(loss_of(tiny_folder, "sd", None)[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("cap", [None, 100.0])
+def test_min_timestep_draws_only_noisier_timesteps(tiny_folder, cap):
+    got, want = loss_of(tiny_folder, "sd", cap, min_t=600)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert got != pytest.approx(loss_of(tiny_folder, "sd", cap)[0], rel=1e-3)
+
+
+def test_a_bad_min_timestep_is_a_one_line_error(tiny_folder):
+    from mitune_ray.driver import resolve
+    from mitune_ray.families import FAMILIES
+    from mitune_ray.training.loss import DenoisingLoss
+
+    pipe, fam = load_pipeline(tiny_folder("sd"))
+    with pytest.raises(MituneError) as exc:
+        DenoisingLoss(fam, dict(pipe.scheduler.config), vae_factor=4, device=torch.device("cpu"),
+                      dtype=torch.float32, min_timestep=1000)
+    assert "train.min_timestep=1000 is outside the scheduler's 0..999" in one_line(exc)
+    with pytest.raises(MituneError, match="min_timestep=300 bounds DDPM timesteps.*flow matching"):
+        DenoisingLoss(FAMILIES["sd3"], {}, vae_factor=8, device=torch.device("cpu"),
+                      dtype=torch.float32, min_timestep=300)
+    cfg = load_config(None, ["train.min_timestep=300", "model.path=tiny:sd3"])
+    with pytest.raises(MituneError) as exc:  # before any stage runs
+        resolve(cfg, FAMILIES["sd3"])
+    assert "train.min_timestep=300 bounds DDPM timesteps" in one_line(exc)
+    assert "model.path=tiny:sd3" in one_line(exc)
 
 
 def test_loss_weight_cap_compares_v_predictions_in_epsilon_units(tiny_folder):

@@ -72,6 +72,9 @@ class Scale:
     # The fine-tuning loss's `train.loss_weight_cap` (1: plain epsilon MSE, the loop's default):
     # epsilon MSE hardly weighs the high-noise steps where a layout is decided (`probe.py`).
     loss_weight_cap: float = 1.0
+    # `train.min_timestep`: fine-tune on timesteps min_timestep..999 only (0: all). The sweep
+    # (`sweep-cpu-grid.json`) found the model's own samples unlike real images at low noise.
+    min_timestep: int = 0
 
 
 MI_SETTINGS = {"paper": MISection(),
@@ -170,7 +173,7 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
         "train.rank=8", f"train.batch_size={scale.train_batch}", "train.grad_accum=1",
         f"train.steps={scale.train_steps}", f"train.lr={scale.lr}", "train.workers=2",
-        f"train.loss_weight_cap={scale.loss_weight_cap}",
+        f"train.loss_weight_cap={scale.loss_weight_cap}", f"train.min_timestep={scale.min_timestep}",
         "train.cpus_per_worker=0.5", f"train.checkpoint_every={max(1, scale.train_steps // 3)}",
         "train.validation_prompts=2", "train.validation_candidates=2",
         "eval.metrics=[mi,shapes]", f"eval.candidates={scale.eval_candidates}",

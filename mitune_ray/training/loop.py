@@ -155,7 +155,8 @@ class _Worker:
             spec.train, spec.schedule, use_gpu=spec.use_gpu, extra=spec.deepspeed_extra))
         self.loss = DenoisingLoss(fam, dict(pipe.scheduler.config), vae_factor=spec.vae_factor,
                                   device=self.device, dtype=self.dtype,
-                                  weight_cap=spec.train.loss_weight_cap)
+                                  weight_cap=spec.train.loss_weight_cap,
+                                  min_timestep=spec.train.min_timestep)
         self.sampler = self._validation_sampler(pipe) if self.cond is not None else None
         self._restore()
 

@@ -50,11 +50,15 @@ class DenoisingLoss:
     """`loss(net, batch, generator)` -> the scalar MSE of the family's objective."""
 
     def __init__(self, fam: Family, scheduler_config: dict, *, vae_factor: int,
-                 device: torch.device, dtype: torch.dtype, weight_cap: float | None = None):
+                 device: torch.device, dtype: torch.dtype, weight_cap: float | None = None,
+                 min_timestep: int = 0):
         self.fam, self.device, self.dtype, self.vae_factor = fam, device, dtype, vae_factor
-        self.weight_cap = weight_cap
+        self.weight_cap, self.min_timestep = weight_cap, min_timestep
         if weight_cap is not None and fam.loss != "diffusion":
             raise MituneError(f"train.loss_weight_cap={weight_cap} weights DDPM timesteps, but the "
+                              f"{fam.name} family trains by flow matching; leave it unset")
+        if min_timestep and fam.loss != "diffusion":
+            raise MituneError(f"train.min_timestep={min_timestep} bounds DDPM timesteps, but the "
                               f"{fam.name} family trains by flow matching; leave it unset")
         self.scheduler = None
         if fam.loss == "diffusion":
@@ -63,6 +67,9 @@ class DenoisingLoss:
             self.scheduler = DDPMScheduler.from_config(scheduler_config)
             self.train_steps = self.scheduler.config.num_train_timesteps
             self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
+            if not 0 <= min_timestep < self.train_steps:
+                raise MituneError(f"train.min_timestep={min_timestep} is outside the scheduler's "
+                                  f"0..{self.train_steps - 1}; give a timestep in that range")
 
     def time_ids(self, latents: torch.Tensor) -> torch.Tensor | None:
         if not self.fam.time_ids:
@@ -78,7 +85,8 @@ class DenoisingLoss:
         # any device (the fixed-batch loss) and a restored run redraws the same noise.
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         if self.fam.loss == "diffusion":
-            t = torch.randint(0, self.train_steps, (n,), generator=generator).to(self.device)
+            t = torch.randint(self.min_timestep, self.train_steps, (n,),
+                              generator=generator).to(self.device)
             noisy = self.scheduler.add_noise(x0, noise, t)
             target = self.scheduler.get_velocity(x0, noise, t) if self.v_prediction else noise
             timestep = t

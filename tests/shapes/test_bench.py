@@ -68,12 +68,13 @@ def test_arms_use_the_chosen_mi_estimator(tmp_path):
 
 def test_scale_changes_reach_the_arm_config(tmp_path):
     scale = Scale(**(asdict(Scale()) | scale_changes(
-        ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "loss_weight_cap=100"])))
+        ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "loss_weight_cap=100",
+         "min_timestep=500"])))
     cfg = _arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
     assert cfg.prompts.train == ["shapes:tune:96"]
     assert (cfg.generate.keep, cfg.train.lr, cfg.train.steps) == (3, 5e-4, Scale().train_steps)
     assert cfg.generate.guidance == 3.0  # evaluation generates with the same section
-    assert cfg.train.loss_weight_cap == 100.0
+    assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
     assert _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
                        ).train.loss_weight_cap == 1.0  # plain epsilon MSE by default
 

@@ -77,7 +77,7 @@ def test_grid_runs_each_combination_in_order(tmp_path):
 
 @pytest.mark.parametrize("item, message", [
     ("lr=abc", "--grid 'lr=abc': a value of lr is not a float"),
-    ("targets=convs", "--grid 'targets=convs': targets 'convs' is not one of attention, all, full"),
+    ("targets=convs", "--grid 'targets=convs': targets 'convs' is not one of attention, cross_kv, cross, all, full"),
     ("speed=3", "--grid 'speed=3': write key=v1,v2,... with a key among arm, lr,"),
     ("p_uncond=0,1", "--grid 'p_uncond=0,1': p_uncond 1 is outside [0, 1)"),
     ("steps=0", "--grid 'steps=0': steps 0 is outside [1, 1e+09)"),
@@ -108,6 +108,7 @@ def test_the_base_models_selection_is_made_once(lab):
 @pytest.mark.parametrize("targets, trains", [
     ("attention", {"to_q", "to_k", "to_v", "to_out"}),
     ("all", {"to_q", "to_k", "to_v", "to_out", "proj_in", "proj_out", "ff", "conv1", "conv2"}),
+    ("cross_kv", {"attn2.to_k", "attn2.to_v"}),
 ])
 def test_the_adapter_covers_its_targets(lab, targets, trains):
     kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
@@ -116,6 +117,8 @@ def test_the_adapter_covers_its_targets(lab, targets, trains):
     assert adapted and all(".lora_" in n for n, p in tuned.named_parameters() if p.requires_grad)
     kinds = {part for name in adapted for part in trains if f".{part}" in name}
     assert kinds == trains
+    if targets == "cross_kv":
+        assert all(".attn2.to_k" in name or ".attn2.to_v" in name for name in adapted)
 
 
 def test_full_fine_tuning_trains_every_weight_of_a_copy(lab):
@@ -160,3 +163,11 @@ def test_reencoded_pixels_replace_the_sampled_latents(lab):
     assert [e.latent.shape for e in again] == [s.latent.shape for s in kept]
     assert all(torch.equal(e.embeds, s.embeds) for e, s in zip(again, kept))
     assert not torch.equal(again[0].latent, kept[0].latent)
+
+
+def test_own_prompts_denoise_better_than_other_prompts(lab):
+    truth, _ = lab.truth(replace(QUICK_TRIAL, keep=2), lab.eval)
+    own = lab.loss_by_timestep(truth, [50, 500])
+    other = lab.loss_by_timestep(truth, [50, 500], other_prompts=True)
+    assert set(own) == {50, 500} and all(v > 0 for v in own.values())
+    assert own[50] < other[50]
