@@ -18,15 +18,16 @@ the three arms for several rounds at the best one. Each trial is appended to `--
 
 `--grid` runs given combinations instead, by default the oracle for one round. Beside the
 learning rate and the step count it varies what the fine-tuning step is: the loss weighting the
-model was trained with (`loss_weight_cap`), the adapter's layers (`targets`: the reference's
-attention projections, all layers, or a full fine-tune), and its data (`data=truth`: rendered
-ground-truth images of the tuning prompts, the most any selection could give it). The base
-model's first-round selection is made once and shared by the trials.
+model was trained with (`loss_weight_cap`), the timesteps it trains on (`min_t`), the adapter's
+layers (`targets`), weight averaging (`ema`), prompt dropout (`p_uncond`), the candidates'
+guidance, and the data (`data=truth`: rendered ground-truth images of the tuning prompts, the
+most any selection could give it). Each round also reports its fact rates and the gain on the
+tuning prompts themselves. The base model's first-round selection is made once and shared.
 
     python -m mitune_ray.shapes.sweep --json sweep.json               # one GPU, ~4 minutes
     python -m mitune_ray.shapes.sweep --quick --json /tmp/sweep.json  # the machinery, on a CPU
-    python -m mitune_ray.shapes.sweep --json grid.json --guidance 5 --grid data=truth,kept \
-        targets=attention,all lr=1e-3 steps=600 loss_weight_cap=100   # ~? min on 2 CPU cores
+    python -m mitune_ray.shapes.sweep --json grid.json --guidance 5 --grid data=truth,kept \\
+        lr=2e-4 steps=600 loss_weight_cap=100 min_t=0,500   # 2 CPU cores: 9 + 4 x 4 min
 """
 
 from __future__ import annotations
