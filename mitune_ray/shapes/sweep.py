@@ -213,18 +213,22 @@ class Lab:
     def reencode(self, kept: list) -> list:
         """The kept candidates' 8-bit images encoded by the VAE (posterior mean), with their
         prompts' embeddings."""
+        latents = self._encode([s.image for s in kept])
+        return [Example(z, s.embeds) for z, s in zip(latents, kept)]
+
+    def _encode(self, images: list) -> torch.Tensor:
+        """uint8 (H, W, 3) images -> the VAE's posterior-mean latents, in chunks of 256."""
         from mitune_ray.families import encode_images
 
-        images = torch.stack([torch.tensor(s.image).permute(2, 0, 1).float() / 255 for s in kept])
-        latents = torch.cat([encode_images(self.pipe, images[j : j + 256].to(
-            self.device, self.dtype)).float().cpu() for j in range(0, len(images), 256)])
-        return [Example(z, s.embeds) for z, s in zip(latents, kept)]
+        x = torch.stack([torch.tensor(im).permute(2, 0, 1).float() / 255 for im in images])
+        return torch.cat([encode_images(self.pipe, x[j : j + 256].to(self.device, self.dtype))
+                          .float().cpu() for j in range(0, len(x), 256)])
 
     @torch.no_grad()
     def truth(self, trial: Trial, prompts) -> tuple:
         """`trial.keep` rendered ground-truth images per prompt (unstated sizes drawn at random),
         encoded as the kept candidates are, and their checker quality (1.0 by construction)."""
-        from mitune_ray.families import encode_images, encode_prompts
+        from mitune_ray.families import encode_prompts
         from mitune_ray.sampling import derive_seed
         from mitune_ray.shapes.checker import check
         from mitune_ray.shapes.prompts import parse_prompt
@@ -241,11 +245,9 @@ class Lab:
                                     for o in facts.objects), facts.relation)
                 image = render(scene, seed)
                 correct.append(check(prompt.text, image).all_correct)
-                images.append(torch.tensor(image).permute(2, 0, 1).float() / 255)
+                images.append(image)
                 embeds.append(cond.embeds[i].float().cpu())
-        latents = torch.cat([encode_images(self.pipe, torch.stack(images[j : j + 256]).to(
-            self.device, self.dtype)).float().cpu() for j in range(0, len(images), 256)])
-        kept = [Example(z, e) for z, e in zip(latents, embeds)]
+        kept = [Example(z, e) for z, e in zip(self._encode(images), embeds)]
         return kept, float(np.mean(correct))
 
     @torch.no_grad()
@@ -301,7 +303,8 @@ class Lab:
                                 min_timestep=trial.min_t)
         latents = torch.stack([s.latent for s in kept])
         embeds = torch.stack([s.embeds for s in kept])
-        null = encode_prompts(self.pipe, self.fam, [""], self.device).null_embeds.float().cpu()
+        null = (encode_prompts(self.pipe, self.fam, [""], self.device).null_embeds.float().cpu()
+                if trial.p_uncond else None)
         g = torch.Generator().manual_seed(seed)
         average = [p.detach().clone() for p in params] if trial.ema else None
         for step in range(1, trial.steps + 1):
