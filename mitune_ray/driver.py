@@ -25,6 +25,7 @@ from mitune_ray.families import FAMILIES, Family
 from mitune_ray.manifest import Manifest
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, resolve_model_path
 from mitune_ray.storage import Store, is_s3
+from mitune_ray.training.loss import refuse_diffusion_only
 
 SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
 # train: the base model's training split; eval: held out; tune: held out, disjoint from eval
@@ -64,14 +65,8 @@ def resolve(cfg: Config, fam: Family) -> Config:
     if cfg.run.chaining == "continue" and cfg.run.merge_previous:
         raise MituneError("run.chaining=continue and run.merge_previous=true both carry the "
                           "previous adapter forward; choose one")
-    if cfg.train.loss_weight_cap is not None and fam.loss != "diffusion":
-        raise MituneError(f"train.loss_weight_cap={cfg.train.loss_weight_cap} weights DDPM "
-                          f"timesteps, but model.path={cfg.model.path} is a {fam.name} model "
-                          "(flow matching); leave it unset")
-    if cfg.train.min_timestep and fam.loss != "diffusion":
-        raise MituneError(f"train.min_timestep={cfg.train.min_timestep} bounds DDPM timesteps, "
-                          f"but model.path={cfg.model.path} is a {fam.name} model "
-                          "(flow matching); leave it at 0")
+    refuse_diffusion_only(fam, cfg.train.model_dump(),  # before any stage runs
+                          where=f"model.path={cfg.model.path} (a {fam.name} model)")
     return cfg.model_copy(update={"train": train,
                                   "model": cfg.model.model_copy(update={"family": fam.name})})
 

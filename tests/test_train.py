@@ -203,6 +203,22 @@ def test_a_bad_min_timestep_is_a_one_line_error(tiny_folder):
     assert "model.path=tiny:sd3" in one_line(exc)
 
 
+def test_every_diffusion_only_setting_is_a_train_field_refused_for_flow_matching():
+    from mitune_ray.driver import resolve
+    from mitune_ray.families import FAMILIES
+    from mitune_ray.training.loss import DIFFUSION_ONLY
+
+    on = {"loss_weight_cap": 10, "min_timestep": 300}
+    assert set(DIFFUSION_ONLY) == set(on)  # a new key needs a value here
+    for key, value in on.items():
+        sd = load_config(None, [f"train.{key}={value}", "model.path=tiny:sd"])
+        assert getattr(resolve(sd, FAMILIES["sd"]).train, key) == value
+        with pytest.raises(MituneError) as exc:
+            resolve(load_config(None, [f"train.{key}={value}", "model.path=tiny:sd3"]),
+                    FAMILIES["sd3"])
+        assert f"train.{key}=" in one_line(exc) and "model.path=tiny:sd3" in one_line(exc)
+
+
 def test_loss_weight_cap_compares_v_predictions_in_epsilon_units(tiny_folder):
     got, want = loss_of(tiny_folder, "sd", 30.0, prediction_type="v_prediction")
     assert got == pytest.approx(want, rel=1e-5)

@@ -46,6 +46,26 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (weight * per_sample).sum() / weight.sum()
 
 
+# Train settings that mean something only for DDPM families, not for flow matching: what each
+# does, and the value that leaves it off.
+DIFFUSION_ONLY: dict[str, tuple[str, object]] = {
+    "loss_weight_cap": ("weights DDPM timesteps", None),
+    "min_timestep": ("bounds DDPM timesteps", 0),
+}
+
+
+def refuse_diffusion_only(fam: Family, settings: dict, *, where: str) -> None:
+    """A one-line MituneError for the first of `settings` in `DIFFUSION_ONLY` that is on while
+    `fam` trains by flow matching; `where` names the model in the message."""
+    if fam.loss == "diffusion":
+        return
+    for key, (what, off) in DIFFUSION_ONLY.items():
+        if (value := settings.get(key, off)) != off:
+            fix = "leave it unset" if off is None else f"leave it at {off}"
+            raise MituneError(f"train.{key}={value} {what}, but {where} trains by flow "
+                              f"matching; {fix}")
+
+
 class DenoisingLoss:
     """`loss(net, batch, generator)` -> the scalar MSE of the family's objective."""
 
@@ -54,12 +74,8 @@ class DenoisingLoss:
                  min_timestep: int = 0):
         self.fam, self.device, self.dtype, self.vae_factor = fam, device, dtype, vae_factor
         self.weight_cap, self.min_timestep = weight_cap, min_timestep
-        if weight_cap is not None and fam.loss != "diffusion":
-            raise MituneError(f"train.loss_weight_cap={weight_cap} weights DDPM timesteps, but the "
-                              f"{fam.name} family trains by flow matching; leave it unset")
-        if min_timestep and fam.loss != "diffusion":
-            raise MituneError(f"train.min_timestep={min_timestep} bounds DDPM timesteps, but the "
-                              f"{fam.name} family trains by flow matching; leave it unset")
+        refuse_diffusion_only(fam, {"loss_weight_cap": weight_cap, "min_timestep": min_timestep},
+                              where=f"the {fam.name} family")
         self.scheduler = None
         if fam.loss == "diffusion":
             from diffusers import DDPMScheduler
