@@ -78,6 +78,10 @@ class Trial:
     # Train on timesteps min_t..999 only: where the layout is decided, leaving the low-noise steps
     # (texture, where the model's own samples are furthest from real images) as they were.
     min_t: int = 0
+    # A replicate: the fine-tuning's random stream (the adapter's initialisation, the batches,
+    # the noise and the timesteps) is seeded `round + 1000 * seed`. The first round's candidates
+    # and the evaluation's seeds stay the same, so replicates differ by training noise only.
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,7 @@ class Lab:
                              else self.select(net, trial, r, prompts))
             if trial.data == "pixels":
                 kept = self.reencode(kept)
-            net = self.train(kept, trial, seed=r)
+            net = self.train(kept, trial, seed=r + 1000 * trial.seed)
             correct, facts = self.evaluate(net)
             gain = paired_gain(self.base_correct, correct)
             tuned = self.tuned_gain(net, prompts) if self.setup.tuned_eval_prompts else None
@@ -399,10 +403,11 @@ def _cap(text: str) -> float | None:
 _GRID_TYPES = {"arm": str, "lr": float, "rounds": int, "tune_prompts": int, "candidates": int,
                "keep": int, "steps": int, "batch": int, "rank": int, "loss_weight_cap": _cap,
                "targets": str, "data": str, "ema": float, "p_uncond": float,
-               "guidance": float, "min_t": int}
+               "guidance": float, "min_t": int, "seed": int}
 _CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA}
 _BOUNDS = {"lr": (0.0, 1.0), "ema": (0.0, 1.0), "p_uncond": (0.0, 1.0), "guidance": (1.0, 100.0),
-           "loss_weight_cap": (1.0, float("inf")), "min_t": (0, 1000), **{k: (1, 10**9) for k in (
+           "loss_weight_cap": (1.0, float("inf")), "min_t": (0, 1000),
+           "seed": (0, 10**6), **{k: (1, 10**9) for k in (
                "rounds", "tune_prompts", "candidates", "keep", "steps", "batch", "rank")}}
 
 

@@ -141,6 +141,16 @@ def test_each_round_also_reports_the_tuning_prompts_themselves(tmp_path):
         tuned["facts"])
 
 
+def test_a_replicate_seeds_only_the_fine_tuning_afresh(lab, monkeypatch):
+    calls, train = [], lab.train
+    monkeypatch.setattr(lab, "train", lambda kept, trial, seed: calls.append((seed, kept)) or train(
+        kept, trial, seed))
+    for seed in (0, 2):
+        lab.run(replace(QUICK_TRIAL, rounds=2, seed=seed))
+    assert [seed for seed, _ in calls] == [1, 2, 2001, 2002]
+    assert calls[0][1] is calls[2][1]  # the same first-round candidates for both replicates
+
+
 def test_the_moving_average_lies_between_the_base_and_the_last_step(lab):
     kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
     trial = replace(QUICK_TRIAL, targets="full", lr=1e-3, steps=4)
