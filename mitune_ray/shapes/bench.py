@@ -326,8 +326,9 @@ def scale_changes(items: list[str]) -> dict:
             what = {int: "an integer", float: "a number"}.get(kind, "a string")
             raise MituneError(f"--scale {item!r}: {field.name} takes {what}, "
                               f"not {text.strip()!r}") from None
-        if kind in (int, float) and value <= 0:
-            raise MituneError(f"--scale {item!r}: {field.name} must be above 0")
+        if kind in (int, float) and (value < 0 or (value == 0 and field.default != 0)):
+            raise MituneError(f"--scale {item!r}: {field.name} must be above 0"
+                              + (" or 0 (its default)" if field.default == 0 else ""))
         choices = {"mi": tuple(MI_SETTINGS), "tune_split": ("tune", "train")}.get(field.name)
         if choices and value not in choices:
             raise MituneError(f"--scale {item!r}: {field.name} is one of {', '.join(choices)}")

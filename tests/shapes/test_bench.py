@@ -77,11 +77,13 @@ def test_scale_changes_reach_the_arm_config(tmp_path):
     assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
     assert _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
                        ).train.loss_weight_cap == 1.0  # plain epsilon MSE by default
+    assert scale_changes(["min_timestep=0"]) == {"min_timestep": 0}  # its default, allowed
 
 
 @pytest.mark.parametrize("item, words", [
     ("lr", "FIELD=VALUE"), ("speed=3", "FIELD=VALUE"), ("keep=two", "takes an integer"),
-    ("train_steps=0", "above 0"), ("mi=best", "one of paper, standard")])
+    ("train_steps=0", "above 0"), ("mi=best", "one of paper, standard"),
+    ("min_timestep=-1", "above 0 or 0")])
 def test_bad_scale_changes_are_one_line_errors(item, words):
     with pytest.raises(MituneError) as err:
         scale_changes([item])
