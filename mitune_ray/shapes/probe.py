@@ -1,12 +1,14 @@
 """Which stated facts does a ShapesWorld model's denoiser use? Contradict one and see what it costs.
 
     python -m mitune_ray.shapes.probe mitune_ray/assets/shapes_model [--n 96] [--split train]
-    python -m mitune_ray.shapes.probe --learn 5   # can this architecture learn a relation at all?
+    python -m mitune_ray.shapes.probe --learn 5 [--world order]   # can this architecture learn it?
 
 On rendered ground-truth scenes (two objects with a relation, so every kind of fact is stated),
 the conditional denoiser's epsilon loss at a grid of noise levels, with the true prompt and with
 one kind of fact contradicted: the relation flipped (left <-> right, above <-> below, the same
-template) or turned to the other axis (left -> above, above -> left...), the first object's
+template) or turned to the other axis (left -> above, above -> left...), the two objects named
+in the other order (the same words: "a red circle left of a blue square" -> "a blue square left of
+a red circle", which contradicts the direction without changing any word), the first object's
 colour changed to one no object has, both sizes swapped, or no prompt at all. Sizes are stated
 in every variant, so two variants differ only in the edited fact.
 
@@ -17,9 +19,12 @@ the standard-form MI of the bench prefers the true prompt. A fact the denoiser d
 nothing, and then no MI estimator computed from this denoiser can rank images by it.
 
 `learnability` asks the architecture rather than a trained model: a fresh UNet and text encoder
-trained for a few minutes on a world of two prompts that differ only in their relation (a large
-red circle to the left or to the right of a large blue square), then probed. A relation that is
-not learnt there, where it is the only thing to learn, is not going to be learnt in the full world.
+trained for a few minutes on a world of two prompts, then probed. In the "relation" world they
+differ only in their relation word (a large red circle to the left or to the right of a large
+blue square); in the "order" world only in which object is named first (the relation is always
+"left of"), the binding of word order to position that a relation's direction needs in the full
+world. A fact that is not learnt there, where it is the only thing to learn, is not going to be
+learnt in the full world.
 
 Example (the shipped model: it reads colours and a relation's axis, not its direction):
     >>> pipe = StableDiffusionPipeline.from_pretrained(SHIPPED)  # doctest: +SKIP
@@ -46,10 +51,12 @@ from mitune_ray.shapes.world import COLOURS, SIZES, Obj, Scene, random_scene, re
 
 FLIPPED = {"left": "right", "right": "left", "above": "below", "below": "above"}
 TURNED = {"left": "above", "right": "below", "above": "left", "below": "right"}  # other axis
-EDITS = ("relation", "axis", "colour", "size", "empty")
+EDITS = ("relation", "axis", "order", "colour", "size", "empty")
 LEVELS = tuple(range(50, 1000, 100))  # midpoints of ten equal strata of SD's 1000 steps
-# The two-prompt relation world of `learnability`: this pair, one left or right of the other.
+# The two-prompt worlds of `learnability`: this pair, one left or right of the other ("relation":
+# the relation word varies) or named in either order, always "left of" ("order").
 RELATION_PAIR = (Obj("red", "circle", "large"), Obj("blue", "square", "large"))
+WORLDS = ("relation", "order")
 
 
 def _other_size(size: str) -> str:
@@ -65,12 +72,16 @@ def edit(scene: Scene, kind: str, k: int = 0) -> Scene | None:
         >>> s = Scene((Obj("red", "circle", "large"), Obj("blue", "square", "small")), "left")
         >>> edit(s, "relation").relation, edit(s, "axis").relation, edit(s, "size").objects[0].size
         ('right', 'above', 'small')
+        >>> [o.shape for o in edit(s, "order").objects], edit(s, "order").relation
+        (['square', 'circle'], 'left')
     """
     a, b = scene.objects
     if kind == "relation":
         return replace(scene, relation=FLIPPED[scene.relation])
     if kind == "axis":
         return replace(scene, relation=TURNED[scene.relation])
+    if kind == "order":
+        return replace(scene, objects=(b, a))
     if kind == "colour":
         unused = [c for c in COLOURS if c not in (a.colour, b.colour)]
         return replace(scene, objects=(replace(a, colour=unused[k % len(unused)]), b))
@@ -147,8 +158,8 @@ def probe(pipe, *, n: int = 96, split: str = "train", seed: int = 0, repeats: in
 
 def learnability(minutes: float, *, settings: TrainSettings | None = None,
                  vae_folder: str | None = None, n_scenes: int = 4000, seed: int = 0,
-                 log=print) -> dict:
-    """Train a fresh UNet + text encoder for `minutes` on the two-prompt relation world (with the
+                 world: str = "relation", log=print) -> dict:
+    """Train a fresh UNet + text encoder for `minutes` on a two-prompt world (`WORLDS`; with the
     autoencoder of `vae_folder`, by default the shipped model's), then `probe` it there.
 
     Example (2-core CPU; with `loss_weight_cap=1`, plain epsilon loss, 0.01):
@@ -160,25 +171,31 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
 
     if minutes <= 0:
         raise ValueError(f"minutes={minutes} must be positive (the training time)")
+    if world not in WORLDS:
+        raise ValueError(f"world={world!r} is not one of {', '.join(WORLDS)}")
     s = settings or TrainSettings()
     torch.manual_seed(seed)
     vae, _, _ = arch.load_parts(vae_folder or str(resolve_model_path("bundled:shapes")))
-    scenes = relation_world(n_scenes, f"train:{seed}")
+    scenes = two_prompt_world(n_scenes, f"train:{seed}", world)
     images = np.stack([render(scene, seed=seed * 1_000_003 + i) for i, scene in enumerate(scenes)])
     latents = encode_pool(vae, images) * vae.config.scaling_factor
     metrics, unet, text_encoder = train_denoiser(
         arch.build_unet(s.unet_size), arch.build_text_encoder(), latents, scenes, s,
         seconds=60.0 * minutes, seed=seed + 1, log=log)
     pipe = arch.assemble_pipeline(vae, text_encoder, unet)
-    result = probe(pipe, scenes=relation_world(64, f"probe:{seed}"), seed=seed)
+    result = probe(pipe, scenes=two_prompt_world(64, f"probe:{seed}", world), seed=seed)
     return result | {"trained": metrics, "settings": {
-        "minutes": minutes, "unet_channels": list(s.unet_size.channels),
+        "minutes": minutes, "world": world, "unet_channels": list(s.unet_size.channels),
         "loss_weight_cap": s.loss_weight_cap, "unet_lr": s.unet_lr, "n_scenes": n_scenes}}
 
 
-def relation_world(n: int, seed: str) -> list[Scene]:
-    """`n` scenes of the two-prompt relation world, the relation drawn from `seed`."""
+def two_prompt_world(n: int, seed: str, world: str = "relation") -> list[Scene]:
+    """`n` scenes of a two-prompt world: the relation ("relation") or the objects' order
+    ("order") drawn from `seed`."""
     rng = random.Random(seed)
+    a, b = RELATION_PAIR
+    if world == "order":
+        return [Scene(rng.choice(((a, b), (b, a))), "left") for _ in range(n)]
     return [Scene(RELATION_PAIR, rng.choice(("left", "right"))) for _ in range(n)]
 
 
@@ -201,6 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learn", type=float, metavar="MINUTES",
                         help="instead of a model: train the architecture for MINUTES on the "
                              "two-prompt relation world and probe that")
+    parser.add_argument("--world", choices=WORLDS, default="relation",
+                        help="with --learn: the two prompts differ in their relation word "
+                             "(default) or in which object is named first")
     parser.add_argument("--channels", default=None,
                         help="with --learn: the UNet's block channels, e.g. 64,128 (the shipped)")
     parser.add_argument("--loss-weight-cap", type=float, default=TrainSettings.loss_weight_cap,
@@ -230,10 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
         settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
                                  warmup_steps=100, unet_steps=10**9,
                                  unet_size=arch.UNetSize(channels=channels))
-        result = learnability(args.learn, settings=settings,
+        result = learnability(args.learn, settings=settings, world=args.world,
                               log=lambda line: print(line) if "000/" in line else None)
-        _print(f"the architecture after {args.learn:g} minutes on the two-prompt relation world "
-               f"({result['trained']['unet_steps']} steps)", result)
+        _print(f"the architecture after {args.learn:g} minutes on the two-prompt {args.world} "
+               f"world ({result['trained']['unet_steps']} steps)", result)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(args.model)
         result = probe(pipe, n=args.n, split=args.split, repeats=args.repeats) | {

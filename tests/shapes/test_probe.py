@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mitune_ray.shapes.probe import (EDITS, RELATION_PAIR, _prompt, edit, learnability, main,
-                                     relation_scenes)
+                                     relation_scenes, two_prompt_world)
 from mitune_ray.shapes.prompts import parse_prompt
 
 
@@ -21,6 +21,9 @@ def test_each_edit_contradicts_one_kind_of_fact_in_the_same_template():
         true = parse_prompt(_prompt(scene, i))
         flipped = parse_prompt(_prompt(edit(scene, "relation"), i))
         assert flipped.objects == true.objects and flipped.relation != true.relation
+        reordered = parse_prompt(_prompt(edit(scene, "order"), i))
+        assert reordered.objects == true.objects[::-1] and reordered.relation == true.relation
+        assert sorted(_prompt(edit(scene, "order"), i).split()) == sorted(_prompt(scene, i).split())
         turned = parse_prompt(_prompt(edit(scene, "axis"), i))
         assert turned.objects == true.objects
         assert {turned.relation, true.relation} & {"left", "right"}  # one horizontal,
@@ -79,3 +82,12 @@ def test_learnability_trains_the_architecture_on_the_relation_world_and_probes_i
         o.colour for o in RELATION_PAIR}
     with pytest.raises(ValueError, match="minutes=0"):
         learnability(0)
+    with pytest.raises(ValueError, match="world='colour' is not one of relation, order"):
+        learnability(1.0, world="colour")
+
+
+def test_the_order_world_names_the_pair_in_either_order_always_left_of():
+    scenes = two_prompt_world(40, "t", "order")
+    assert {s.objects for s in scenes} == {RELATION_PAIR, RELATION_PAIR[::-1]}
+    assert {s.relation for s in scenes} == {"left"}
+    assert {s.relation for s in two_prompt_world(40, "t")} == {"left", "right"}
