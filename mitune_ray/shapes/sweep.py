@@ -331,7 +331,8 @@ class Lab:
         net.eval()
         return net
 
-    def run(self, trial: Trial) -> dict:
+    def run(self, trial: Trial, on_round=None) -> dict:
+        """`trial`'s rounds; `on_round(partial)` after each (the trial so far, as returned)."""
         from mitune_ray.prompts import prompt_id
         from mitune_ray.sampling import Prompt
         from mitune_ray.shapes.prompts import tune_prompts
@@ -358,6 +359,10 @@ class Lab:
                         f"; tuned prompts {tuned['base_rate']:.3f} -> {tuned['tuned_rate']:.3f} "
                         f"(gain {tuned['gain']:+.3f} [{tuned['ci'][0]:+.3f}, "
                         f"{tuned['ci'][1]:+.3f}])"))
+            if on_round is not None and r < trial.rounds:
+                on_round({"trial": asdict(trial), "rounds": rounds,
+                          "seconds": round(time.perf_counter() - start, 1),
+                          "unfinished": f"{r} of {trial.rounds} rounds"})
         return {"trial": asdict(trial), "rounds": rounds,
                 "seconds": round(time.perf_counter() - start, 1)}
 
@@ -390,7 +395,8 @@ def sweep(lab: Lab, base: Trial, *, budget_s: float, write, lr: float | None = N
         if not fits(base.rounds):
             lab.log(f"[sweep] budget spent before the {arm} arm")
             break
-        out.append(lab.run(replace(base, arm=arm, lr=best)))
+        out.append(lab.run(replace(base, arm=arm, lr=best),
+                           on_round=lambda partial: write([*out, partial])))
         last = out[-1]["seconds"] / base.rounds
         write(out)
     return out
@@ -455,7 +461,7 @@ def run_grid(lab: Lab, trials: list[Trial], *, budget_s: float, write) -> list[d
         if out and time.perf_counter() - start + out[-1]["seconds"] > budget_s:
             lab.log(f"[sweep] budget spent before {describe(trial)}")
             break
-        out.append(lab.run(trial))
+        out.append(lab.run(trial, on_round=lambda partial: write([*out, partial])))
         write(out)
     return out
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mitune_ray.shapes.sweep import QUICK_SETUP, QUICK_TRIAL, Lab, main
+from mitune_ray.shapes.sweep import QUICK_SETUP, QUICK_TRIAL, Lab, main, run_grid
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,15 @@ def test_grid_runs_each_combination_in_order(tmp_path):
         ("truth", "all", 100.0, QUICK_TRIAL.lr), ("kept", "all", 100.0, QUICK_TRIAL.lr),
         ("kept", "full", None, 3e-5)]
     assert all(t["arm"] == "checker" and t["rounds"] == 1 for t in trials)
+
+
+def test_each_round_is_written_before_the_trial_ends(lab):
+    writes = []
+    run_grid(lab, [replace(QUICK_TRIAL, rounds=2)], budget_s=600,
+             write=lambda trials: writes.append(json.loads(json.dumps(trials))))
+    assert [[len(t["rounds"]) for t in w] for w in writes] == [[1], [2]]
+    assert writes[0][0]["unfinished"] == "1 of 2 rounds" and "unfinished" not in writes[1][0]
+    assert writes[1][0]["rounds"][0] == writes[0][0]["rounds"][0]
 
 
 @pytest.mark.parametrize("item, message", [
