@@ -82,6 +82,11 @@ class Trial:
     # the noise and the timesteps) is seeded `round + 1000 * seed`. The first round's candidates
     # and the evaluation's seeds stay the same, so replicates differ by training noise only.
     seed: int = 0
+    # As the framework's `run.chaining` and `run.accumulate`: "fresh", a new adapter on the base
+    # each round (the reference), or "continue", training on the previous round's adapter; and
+    # whether round r trains on the kept sets of rounds 1..r rather than its own.
+    chaining: str = "fresh"
+    accumulate: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,17 +286,18 @@ class Lab:
             out[t] = round(float((pred - eps).pow(2).mean()), 4)
         return out
 
-    def train(self, kept: list, trial: Trial, seed: int) -> torch.nn.Module:
+    def train(self, kept: list, trial: Trial, seed: int,
+              start: torch.nn.Module | None = None) -> torch.nn.Module:
         """A fresh DoRA adapter on the base denoiser (or a copy of it, all trained), trained on
-        `kept`."""
+        `kept`; or, given `start` (an earlier round's result), a copy of it trained on."""
         from mitune_ray.adapters import dora_config
         from mitune_ray.families import encode_prompts
         from mitune_ray.training.engine import ADAM_BETAS, ADAM_EPS, WEIGHT_DECAY
         from mitune_ray.training.loss import DenoisingLoss
 
-        net = copy.deepcopy(self.base)
+        net = copy.deepcopy(start if start is not None else self.base)
         torch.manual_seed(seed)
-        if trial.targets != "full":
+        if trial.targets != "full" and start is None:
             net.requires_grad_(False)
             config = dora_config(self.fam, TrainSection(rank=trial.rank))
             if TARGETS[trial.targets] is not None:
@@ -339,17 +345,19 @@ class Lab:
 
         start = time.perf_counter()
         prompts = [Prompt(prompt_id(t), t) for t in tune_prompts(trial.tune_prompts)]
-        net, rounds = self.base, []
+        net, rounds, seen = self.base, [], []
         for r in range(1, trial.rounds + 1):
             kept, quality = (self.truth(trial, prompts) if trial.data == "truth"
                              else self.select(net, trial, r, prompts))
             if trial.data == "pixels":
                 kept = self.reencode(kept)
-            net = self.train(kept, trial, seed=r + 1000 * trial.seed)
+            seen = [*seen, *kept] if trial.accumulate else kept
+            net = self.train(seen, trial, seed=r + 1000 * trial.seed,
+                             start=net if trial.chaining == "continue" and r > 1 else None)
             correct, facts = self.evaluate(net)
             gain = paired_gain(self.base_correct, correct)
             tuned = self.tuned_gain(net, prompts) if self.setup.tuned_eval_prompts else None
-            rounds.append({"round": r, "kept": len(kept), "kept_fully_correct": quality, **gain,
+            rounds.append({"round": r, "kept": len(kept), "trained_on": len(seen), "kept_fully_correct": quality, **gain,
                            "facts": facts, "tuned_prompts": tuned})
             self.log(f"[sweep] {describe(trial)} round {r}: kept {len(kept)} "
                      f"({quality:.2f} fully correct); held out {gain['base_rate']:.3f} -> "
@@ -406,11 +414,19 @@ def _cap(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
 _GRID_TYPES = {"arm": str, "lr": float, "rounds": int, "tune_prompts": int, "candidates": int,
                "keep": int, "steps": int, "batch": int, "rank": int, "loss_weight_cap": _cap,
                "targets": str, "data": str, "ema": float, "p_uncond": float,
-               "guidance": float, "min_t": int, "seed": int}
-_CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA}
+               "guidance": float, "min_t": int, "seed": int, "chaining": str,
+               "accumulate": _flag}
+_CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA,
+            "chaining": ("fresh", "continue")}
 _BOUNDS = {"lr": (0.0, 1.0), "ema": (0.0, 1.0), "p_uncond": (0.0, 1.0), "guidance": (1.0, 100.0),
            "loss_weight_cap": (1.0, float("inf")), "min_t": (0, 1000),
            "seed": (0, 10**6), **{k: (1, 10**9) for k in (
@@ -439,7 +455,8 @@ def grid_trials(items: list[str], base: Trial) -> list[Trial]:
         try:
             parsed = [_GRID_TYPES[key](v) for v in values.split(",")]
         except ValueError:
-            kind = "number or none" if key == "loss_weight_cap" else _GRID_TYPES[key].__name__
+            kind = {"loss_weight_cap": "number or none", "accumulate": "true or false"}.get(
+                key, _GRID_TYPES[key].__name__)
             raise ValueError(f"--grid {item!r}: a value of {key} is not a {kind}") from None
         bad = [v for v in parsed if key in _CHOICES and v not in _CHOICES[key]]
         if bad:

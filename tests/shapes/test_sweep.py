@@ -75,6 +75,25 @@ def test_grid_runs_each_combination_in_order(tmp_path):
     assert all(t["arm"] == "checker" and t["rounds"] == 1 for t in trials)
 
 
+def test_continue_chaining_trains_on_the_last_rounds_adapter_and_accumulate_grows(lab,
+                                                                                 monkeypatch):
+    calls, train = [], lab.train
+    monkeypatch.setattr(lab, "train", lambda kept, trial, seed, start=None: calls.append(
+        (len(kept), start)) or train(kept, trial, seed, start))
+    result = lab.run(replace(QUICK_TRIAL, rounds=2, chaining="continue", accumulate=True))
+    per_round = QUICK_TRIAL.tune_prompts * QUICK_TRIAL.keep
+    assert [n for n, _ in calls] == [per_round, 2 * per_round]
+    assert [r["trained_on"] for r in result["rounds"]] == [per_round, 2 * per_round]
+    assert calls[0][1] is None and calls[1][1] is not None  # round 2 starts from round 1's
+    kept, _ = lab.select(lab.base, QUICK_TRIAL, 1, lab.eval)
+    first = train(kept, QUICK_TRIAL, seed=1)
+    again = train(kept, replace(QUICK_TRIAL, steps=1), seed=2, start=first)
+    ups = lambda net: [p for n, p in net.named_parameters() if "lora_B" in n]  # noqa: E731
+    assert len(ups(again)) == len(ups(first))  # the same adapter, not a second one
+    assert not all(torch.equal(a, b) for a, b in zip(ups(first), ups(again)))  # trained on
+    assert all(p.requires_grad for p in ups(again))
+
+
 def test_each_round_is_written_before_the_trial_ends(lab):
     writes = []
     run_grid(lab, [replace(QUICK_TRIAL, rounds=2)], budget_s=600,
@@ -90,6 +109,8 @@ def test_each_round_is_written_before_the_trial_ends(lab):
     ("speed=3", "--grid 'speed=3': write key=v1,v2,... with a key among arm, lr,"),
     ("p_uncond=0,1", "--grid 'p_uncond=0,1': p_uncond 1 is outside [0, 1)"),
     ("steps=0", "--grid 'steps=0': steps 0 is outside [1, 1e+09)"),
+    ("accumulate=yes", "--grid 'accumulate=yes': a value of accumulate is not a true or false"),
+    ("chaining=merge", "--grid 'chaining=merge': chaining 'merge' is not one of fresh, continue"),
 ])
 def test_a_bad_grid_item_is_a_one_line_error(tmp_path, capsys, item, message):
     with pytest.raises(SystemExit) as exit:
@@ -152,8 +173,8 @@ def test_each_round_also_reports_the_tuning_prompts_themselves(tmp_path):
 
 def test_a_replicate_seeds_only_the_fine_tuning_afresh(lab, monkeypatch):
     calls, train = [], lab.train
-    monkeypatch.setattr(lab, "train", lambda kept, trial, seed: calls.append((seed, kept)) or train(
-        kept, trial, seed))
+    monkeypatch.setattr(lab, "train", lambda kept, trial, seed, start=None: calls.append(
+        (seed, kept)) or train(kept, trial, seed, start))
     for seed in (0, 2):
         lab.run(replace(QUICK_TRIAL, rounds=2, seed=seed))
     assert [seed for seed, _ in calls] == [1, 2, 2001, 2002]
