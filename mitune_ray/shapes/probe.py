@@ -19,12 +19,13 @@ the standard-form MI of the bench prefers the true prompt. A fact the denoiser d
 nothing, and then no MI estimator computed from this denoiser can rank images by it.
 
 `learnability` asks the architecture rather than a trained model: a fresh UNet and text encoder
-trained for a few minutes on a world of two prompts, then probed. In the "relation" world they
-differ only in their relation word (a large red circle to the left or to the right of a large
-blue square); in the "order" world only in which object is named first (the relation is always
-"left of"), the binding of word order to position that a relation's direction needs in the full
-world. A fact that is not learnt there, where it is the only thing to learn, is not going to be
-learnt in the full world.
+trained for a few minutes on a world of two layouts (a large red circle left or right of a large
+blue square), then probed. The "relation" world states them with the relation word ("the circle
+left / right of the square"); the "order" world always with "left", naming the objects in either
+order ("the circle left of the square" / "the square left of the circle"), the binding of word
+order to position that a relation's direction needs in the full world. Both use the world's
+paraphrase templates. A fact that is not learnt there, where it is the only thing to learn, is
+not going to be learnt in the full world.
 
 Example (the shipped model: it reads colours and a relation's axis, not its direction):
     >>> pipe = StableDiffusionPipeline.from_pretrained(SHIPPED)  # doctest: +SKIP
@@ -228,13 +229,16 @@ def main(argv: list[str] | None = None) -> dict:
                              "100; 1: plain epsilon loss)")
     parser.add_argument("--lr", type=float, default=TrainSettings.unet_lr,
                         help="with --learn: the UNet and text encoder's learning rate")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="with --learn: stop after this many UNet steps if the minutes last "
+                             "(a step count that compares runs on busy or different machines)")
     parser.add_argument("--n", type=int, default=96, help="ground-truth scenes")
     parser.add_argument("--split", choices=("train", "eval"), default="train")
     parser.add_argument("--repeats", type=int, default=2, help="noise draws per level")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
-    for name in ("n", "repeats"):
-        if getattr(args, name) < 1:
+    for name in ("n", "repeats", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)} must be at least 1")
     if (args.model is None) == (args.learn is None):
         parser.error("give a model folder, or --learn MINUTES (not both)")
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--channels {args.channels}: write integers separated by commas, "
                          "e.g. 64,128")
         settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
-                                 warmup_steps=100, unet_steps=10**9,
+                                 warmup_steps=100, unet_steps=args.steps or 10**9,
                                  unet_size=arch.UNetSize(channels=channels))
         result = learnability(args.learn, settings=settings, world=args.world,
                               log=lambda line: print(line) if "000/" in line else None)

@@ -91,3 +91,23 @@ def test_the_order_world_names_the_pair_in_either_order_always_left_of():
     assert {s.objects for s in scenes} == {RELATION_PAIR, RELATION_PAIR[::-1]}
     assert {s.relation for s in scenes} == {"left"}
     assert {s.relation for s in two_prompt_world(40, "t")} == {"left", "right"}
+
+
+def test_learn_flags_reach_the_training(monkeypatch, capsys):
+    import mitune_ray.shapes.probe as probe_module
+
+    seen = {}
+
+    def fake(minutes, *, settings, world, log):
+        seen.update(minutes=minutes, steps=settings.unet_steps, world=world,
+                    channels=settings.unet_size.channels)
+        return {"trained": {"unet_steps": settings.unet_steps}, "levels": [50],
+                "nats": dict.fromkeys(EDITS, 0.0), "increase": {e: [0.0] for e in EDITS}}
+
+    monkeypatch.setattr(probe_module, "learnability", fake)
+    main(["--learn", "30", "--steps", "3700", "--world", "order", "--channels", "32,64"])
+    assert seen == {"minutes": 30.0, "steps": 3700, "world": "order", "channels": (32, 64)}
+    assert "two-prompt order world (3700 steps)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--learn", "5", "--steps", "0"])
+    assert "--steps 0 must be at least 1" in capsys.readouterr().err
