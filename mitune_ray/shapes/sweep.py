@@ -357,8 +357,9 @@ class Lab:
             correct, facts = self.evaluate(net)
             gain = paired_gain(self.base_correct, correct)
             tuned = self.tuned_gain(net, prompts) if self.setup.tuned_eval_prompts else None
-            rounds.append({"round": r, "kept": len(kept), "trained_on": len(seen), "kept_fully_correct": quality, **gain,
-                           "facts": facts, "tuned_prompts": tuned})
+            rounds.append({"round": r, "kept": len(kept), "trained_on": len(seen),
+                           "kept_fully_correct": quality, **gain, "facts": facts,
+                           "tuned_prompts": tuned})
             self.log(f"[sweep] {describe(trial)} round {r}: kept {len(kept)} "
                      f"({quality:.2f} fully correct); held out {gain['base_rate']:.3f} -> "
                      f"{gain['tuned_rate']:.3f} (gain {gain['gain']:+.3f} "
