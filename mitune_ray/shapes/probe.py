@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("model", nargs="?",
                         help="a diffusers folder (e.g. mitune_ray/assets/shapes_model)")
     parser.add_argument("--learn", type=float, metavar="MINUTES",
-                        help="instead of a model: train the architecture for MINUTES on the "
-                             "two-prompt relation world and probe that")
+                        help="instead of a model: train the architecture for MINUTES on a "
+                             "two-prompt world (--world) and probe that")
     parser.add_argument("--world", choices=WORLDS, default="relation",
                         help="with --learn: the two prompts differ in their relation word "
                              "(default) or in which object is named first")

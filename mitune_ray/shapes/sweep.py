@@ -39,11 +39,12 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import get_args
 
 import numpy as np
 import torch
 
-from mitune_ray.config import GenerateSection, MISection, TrainSection
+from mitune_ray.config import GenerateSection, MISection, RunSection, TrainSection
 from mitune_ray.shapes.bench import MI_SETTINGS, paired_gain, rates_line
 
 
@@ -427,7 +428,7 @@ _GRID_TYPES = {"arm": str, "lr": float, "rounds": int, "tune_prompts": int, "can
                "guidance": float, "min_t": int, "seed": int, "chaining": str,
                "accumulate": _flag}
 _CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA,
-            "chaining": ("fresh", "continue")}
+            "chaining": get_args(RunSection.model_fields["chaining"].annotation)}
 _BOUNDS = {"lr": (0.0, 1.0), "ema": (0.0, 1.0), "p_uncond": (0.0, 1.0), "guidance": (1.0, 100.0),
            "loss_weight_cap": (1.0, float("inf")), "min_t": (0, 1000),
            "seed": (0, 10**6), **{k: (1, 10**9) for k in (
