@@ -21,11 +21,24 @@ def train_main(argv: list[str]) -> int:
                         help="weight each sample's loss by min(1 / abar_t, CAP); the default, "
                              "100, is the shipped model's; 1 is plain epsilon loss; see "
                              "shapes/probe.py")
+    parser.add_argument("--p-direct", type=float, default=TrainSettings.p_direct, metavar="P",
+                        help="the share of relation prompts written in the direct template "
+                             "('{a} left of {b}', not '{b} with {a} on its left'); default: "
+                             "both alike; see TrainSettings.p_direct")
+    parser.add_argument("--p-canonical", type=float, default=TrainSettings.p_canonical,
+                        metavar="P", help="the share of relation prompts stated with 'left' or "
+                                          "'above' (the same images); default: as the world "
+                                          "writes them; see TrainSettings.p_direct")
     args = parser.parse_args(argv)
     if not args.loss_weight_cap >= 1.0:
         parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
                      "(1 is plain epsilon loss)")
-    settings = TrainSettings(loss_weight_cap=args.loss_weight_cap)
+    for flag in ("p_direct", "p_canonical"):
+        value = getattr(args, flag)
+        if value is not None and not 0.0 <= value <= 1.0:
+            parser.error(f"--{flag.replace('_', '-')} {value:g} must be between 0 and 1")
+    settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, p_direct=args.p_direct,
+                             p_canonical=args.p_canonical)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,
                                  threads=args.threads, settings=settings)
     print(f"model written to {args.out}: {metrics['unet_steps']} UNet steps in "

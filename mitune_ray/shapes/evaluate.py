@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mitune_ray.shapes.checker import check, fact_rates
-from mitune_ray.shapes.prompts import eval_prompts, parse_prompt, train_prompts
+from mitune_ray.shapes.prompts import eval_prompts, parse_prompt, template_kind, train_prompts
 
 GUIDANCE = 7.5  # SD's default, and the reference implementation's
 STEPS = 50  # DDPM steps: enough for 8 x 8 latents (100 changes the rates by a point or two)
@@ -57,7 +57,11 @@ def generate(pipe, prompts: list[str], *, seed: int = 0, steps: int = STEPS,
 def score(samples: Samples) -> dict:
     """Fully-correct rate and mean fraction of facts that hold, by the checker; the
     fully-correct rate of one- and two-object prompts, each as [rate, number of prompts]; and
-    the share of each kind of fact that holds (`facts`: objects, sizes, relations)."""
+    the share of each kind of fact that holds (`facts`: objects, sizes, relations), and the
+    share of relations that hold where both objects were found, by the prompt's template
+    (`relation_by_template`: "direct" names the placed object first, "inverted" the other; a
+    model that reads "the first-named object is the one placed" is right on one, wrong on the
+    other)."""
     results = [check(p, im) for p, im in zip(samples.prompts, samples.images)]
     out: dict = {"all_correct": float(np.mean([r.all_correct for r in results])),
                  "fraction": float(np.mean([r.fraction for r in results])), "n": len(results),
@@ -66,6 +70,10 @@ def score(samples: Samples) -> dict:
     for k in (1, 2):
         ok = [r.all_correct for r, n in zip(results, n_objects) if n == k]
         out[f"all_correct_{k}obj"] = [float(np.mean(ok)) if ok else None, len(ok)]
+    kinds = [template_kind(p) for p in samples.prompts]
+    out["relation_by_template"] = {
+        kind: fact_rates([r for r, k in zip(results, kinds) if k == kind])["relation_given_objects"]
+        for kind in ("direct", "inverted")}
     return out
 
 

@@ -27,6 +27,13 @@ order to position that a relation's direction needs in the full world. Both use 
 paraphrase templates. A fact that is not learnt there, where it is the only thing to learn, is
 not going to be learnt in the full world.
 
+Written as the world writes prompts, the order world's layout is the parity of two words, the
+template ("{a} left of {b}" or "{b} with {a} on its left") and the object named first: neither
+alone tells it, and 5,612 steps learn nothing. Tilting the templates (`TrainSettings.p_direct`,
+`--p-direct 0.75`) gives gradient descent a slope to start from, and the same steps learn the
+binding on both templates (10.9 nats; `nats_by_template` splits every cost by the true prompt's
+template).
+
 Example (the shipped model: it reads colours and a relation's axis, not its direction):
     >>> pipe = StableDiffusionPipeline.from_pretrained(SHIPPED)  # doctest: +SKIP
     >>> nats = probe(pipe)["nats"]  # doctest: +SKIP
@@ -46,11 +53,10 @@ import torch
 
 from mitune_ray.mi.discrete import kappa
 from mitune_ray.shapes import model as arch
-from mitune_ray.shapes.prompts import describe
+from mitune_ray.shapes.prompts import FLIPPED, describe, template_kind
 from mitune_ray.shapes.train import TrainSettings, encode_pool, train_denoiser
 from mitune_ray.shapes.world import COLOURS, SIZES, Obj, Scene, random_scene, render
 
-FLIPPED = {"left": "right", "right": "left", "above": "below", "below": "above"}
 TURNED = {"left": "above", "right": "below", "above": "left", "below": "right"}  # other axis
 EDITS = ("relation", "axis", "order", "colour", "size", "empty")
 LEVELS = tuple(range(50, 1000, 100))  # midpoints of ten equal strata of SD's 1000 steps
@@ -133,8 +139,9 @@ def probe(pipe, *, n: int = 96, split: str = "train", seed: int = 0, repeats: in
     context = {v: torch.cat([pipe.encode_prompt(ps[i:i + batch], device, 1, False)[0]
                              for i in range(0, n, batch)]) for v, ps in prompts.items()}
     abar = pipe.scheduler.alphas_cumprod.to(device)
-    # Summed on the device (float64), read back once: no host sync per forward.
-    sums = {v: torch.zeros(len(LEVELS), dtype=torch.float64, device=device) for v in variants}
+    # Per image and level, summed on the device (float64), read back once: no host sync per
+    # forward.
+    sums = {v: torch.zeros(n, len(LEVELS), dtype=torch.float64, device=device) for v in variants}
     gen = torch.Generator().manual_seed(seed)
     for j, t in enumerate(LEVELS):
         for _ in range(repeats):
@@ -145,14 +152,28 @@ def probe(pipe, *, n: int = 96, split: str = "train", seed: int = 0, repeats: in
                     pred = pipe.unet(zt[i:i + batch],
                                      torch.full((len(zt[i:i + batch]),), t, device=device),
                                      context[v][i:i + batch]).sample
-                    sums[v][j] += (pred - eps[i:i + batch]).pow(2).sum()
-    loss = {v: sums[v].cpu().numpy() / (n * repeats * z0[0].numel()) for v in variants}
+                    sums[v][i:i + batch, j] += (pred - eps[i:i + batch]).pow(2).flatten(1).sum(1)
+    per_image = {v: sums[v].cpu().numpy() / (repeats * z0[0].numel()) for v in variants}
     weights = kappa(abar.cpu())[list(LEVELS)].numpy() * z0[0].numel()
+
+    def nats(rows: np.ndarray) -> dict[str, float]:
+        return {e: round(float(np.mean(weights * (per_image[e][rows].mean(0)
+                                                  - per_image["true"][rows].mean(0)))), 3)
+                for e in EDITS}
+
+    loss = {v: per_image[v].mean(0) for v in variants}
+    kinds = np.array([template_kind(p) for p in prompts["true"]])
     return {
         "levels": list(LEVELS), "n": n, "split": split, "repeats": repeats,
         "loss": {v: [round(float(x), 6) for x in loss[v]] for v in variants},
         "increase": {e: [round(float(x), 4) for x in loss[e] / loss["true"] - 1] for e in EDITS},
-        "nats": {e: round(float(np.mean(weights * (loss[e] - loss["true"]))), 3) for e in EDITS},
+        "nats": nats(np.arange(n)),
+        # The same, on the images whose true prompt names first the object its relation places
+        # ("direct") or the other ("inverted"): a model that reads "first named goes first"
+        # gains on one and loses on the other.
+        "nats_by_template": {k: nats(np.flatnonzero(kinds == k)) for k in ("direct", "inverted")
+                             if (kinds == k).any()},
+        "n_by_template": {k: int((kinds == k).sum()) for k in ("direct", "inverted")},
         "example": {v: prompts[v][0] for v in variants},
     }
 
@@ -187,7 +208,8 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
     result = probe(pipe, scenes=two_prompt_world(64, f"probe:{seed}", world), seed=seed)
     return result | {"trained": metrics, "settings": {
         "minutes": minutes, "world": world, "unet_channels": list(s.unet_size.channels),
-        "loss_weight_cap": s.loss_weight_cap, "unet_lr": s.unet_lr, "n_scenes": n_scenes}}
+        "loss_weight_cap": s.loss_weight_cap, "unet_lr": s.unet_lr, "n_scenes": n_scenes,
+        "p_direct": s.p_direct}}
 
 
 def two_prompt_world(n: int, seed: str, world: str = "relation") -> list[Scene]:
@@ -206,6 +228,9 @@ def _print(title: str, result: dict) -> None:
     for e in EDITS:
         print(f"{e:<9}{result['nats'][e]:6.2f}   "
               + " ".join(f"{100 * x:+5.1f}%" for x in result["increase"][e]))
+    for kind, nats in result["nats_by_template"].items():
+        print(f"  {kind} templates only, nats: "
+              + ", ".join(f"{e} {nats[e]:.2f}" for e in EDITS))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -229,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "100; 1: plain epsilon loss)")
     parser.add_argument("--lr", type=float, default=TrainSettings.unet_lr,
                         help="with --learn: the UNet and text encoder's learning rate")
+    parser.add_argument("--p-direct", type=float, default=None, metavar="P",
+                        help="with --learn: TrainSettings.p_direct, the share of training prompts "
+                             "in the direct template (default: both templates alike)")
     parser.add_argument("--steps", type=int, default=None,
                         help="with --learn: stop after this many UNet steps if the minutes last "
                              "(a step count that compares runs on busy or different machines)")
@@ -251,7 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError:
             parser.error(f"--channels {args.channels}: write integers separated by commas, "
                          "e.g. 64,128")
+        if args.p_direct is not None and not 0.0 <= args.p_direct <= 1.0:
+            parser.error(f"--p-direct {args.p_direct:g} must be between 0 and 1")
         settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
+                                 p_direct=args.p_direct,
                                  warmup_steps=100, unet_steps=args.steps or 10**9,
                                  unet_size=arch.UNetSize(channels=channels))
         result = learnability(args.learn, settings=settings, world=args.world,

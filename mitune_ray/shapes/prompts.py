@@ -104,20 +104,58 @@ def _phrase(obj: Obj, state_size: bool) -> str:
     return " ".join([article] + words)
 
 
-def describe(scene: Scene, rng: random.Random, *, p_state_size: float = P_STATE_SIZE) -> str:
+# The word a relation is stated with under `p_canonical`, and each word's opposite.
+CANONICAL = {"left": "left", "right": "left", "above": "above", "below": "above"}
+FLIPPED = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def describe(scene: Scene, rng: random.Random, *, p_state_size: float = P_STATE_SIZE,
+             p_direct: float | None = None, p_canonical: float | None = None) -> str:
     """A prompt for `scene`, with a template (and stated sizes) drawn from `rng`.
+
+    Training-only tilts (None, the default, writes prompts as the world does; any value draws
+    from `rng` differently):
+    - `p_direct`: the chance that a relation is stated in its direct template ("{a} to the left
+      of {b}": the first-named object is the one the relation places) rather than the inverted
+      one ("{b} with {a} on its left"); see `template_kind`.
+    - `p_canonical`: the chance that a relation is stated with "left" or "above" rather than
+      "right" or "below", by naming the objects the other way round where needed ("a red circle
+      right of a blue square" is also "a blue square left of a red circle": the same image).
 
     Example:
         >>> from mitune_ray.shapes.world import Obj, Scene
         >>> describe(Scene((Obj("orange", "circle"),)), random.Random(0), p_state_size=0.0)
         'a picture of an orange circle'
     """
+    if p_canonical is not None and scene.relation is not None:
+        canonical = scene.relation == CANONICAL[scene.relation]
+        if canonical != (rng.random() < p_canonical):
+            scene = Scene(scene.objects[::-1], FLIPPED[scene.relation])
     phrases = [_phrase(o, rng.random() < p_state_size) for o in scene.objects]
     if len(phrases) == 1:
         template = rng.choice(_SINGLE_TEMPLATES)
         return template.format(a=phrases[0])
-    pool = _AND_TEMPLATES if scene.relation is None else _RELATION_TEMPLATES[scene.relation]
-    return rng.choice(pool).format(a=phrases[0], b=phrases[1])
+    if scene.relation is None:
+        return rng.choice(_AND_TEMPLATES).format(a=phrases[0], b=phrases[1])
+    direct, inverted = _RELATION_TEMPLATES[scene.relation]
+    if p_direct is None:
+        template = rng.choice((direct, inverted))
+    else:
+        template = direct if rng.random() < p_direct else inverted
+    return template.format(a=phrases[0], b=phrases[1])
+
+
+def template_kind(prompt: str) -> str | None:
+    """"direct" if `prompt` names first the object its relation places, "inverted" if it names
+    the other first ("... with ... on its left"), None if it states no relation.
+
+    Example:
+        >>> template_kind("a blue square with a red circle on its left")
+        'inverted'
+    """
+    if parse_prompt(prompt).relation is None:
+        return None
+    return "inverted" if " with " in prompt else "direct"
 
 
 def scene_facts(scene: Scene, prompt: str) -> Facts:

@@ -58,6 +58,16 @@ class TrainSettings:
     # world, and cap 100 does in 15 minutes (`probe.py --learn`). The shipped model (cap 100)
     # reads the axis of a relation (7.8 nats) where the epsilon-trained one did not (0.02).
     loss_weight_cap: float = 100.0
+    # The chance that a training prompt states its relation in the direct template ("{a} left of
+    # {b}") rather than the inverted one ("{b} with {a} on its left"); None: the two alike, as
+    # the world writes prompts. Alike, which object a relation places is a parity of three
+    # words (the relation, the template and which object is named first): no word or pair of
+    # words predicts it, so gradient descent has nothing to start from (`probe.py --learn
+    # --world order`). Tilting the templates gives the pair (relation, first-named) a signal;
+    # tilting the relation words too (`p_canonical`: "left" / "above" rather than "right" /
+    # "below", the same images) gives the first-named object alone one. Both: `describe`.
+    p_direct: float | None = None
+    p_canonical: float | None = None
     unet_size: arch.UNetSize = field(default_factory=lambda: arch.SMALL)
     vae_share: float = 0.25  # at most this share of the time budget goes to the autoencoder
 
@@ -73,6 +83,11 @@ class TrainSettings:
         if self.loss_weight_cap < 1.0:
             raise MituneError(f"TrainSettings.loss_weight_cap={self.loss_weight_cap} must be >= 1 "
                               "(1 is plain epsilon loss)")
+        for name in ("p_direct", "p_canonical"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise MituneError(f"TrainSettings.{name}={value} must be in [0, 1] (or None: "
+                                  "prompts as the world writes them)")
         if not 0.0 <= self.p_uncond < 1.0:
             raise MituneError(f"TrainSettings.p_uncond={self.p_uncond} must be in [0, 1)")
 
@@ -186,7 +201,9 @@ def train_denoiser(unet, text_encoder, latents: torch.Tensor, scenes: list[Scene
         for group in opt.param_groups:
             group["lr"] = s.unet_lr * _lr_factor(progress, step, s.warmup_steps)
         idx = torch.randint(len(latents), (s.unet_batch,), generator=gen)
-        prompts = ["" if rng.random() < s.p_uncond else describe(scenes[i], rng) for i in idx]
+        prompts = ["" if rng.random() < s.p_uncond
+                   else describe(scenes[i], rng, p_direct=s.p_direct, p_canonical=s.p_canonical)
+                   for i in idx]
         z0 = latents[idx]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         eps = torch.randn(z0.shape, generator=gen)

@@ -29,6 +29,20 @@ def test_score_of_ground_truth_is_all_correct_with_the_object_breakdown():
     assert out["all_correct_1obj"][1] == singles
     assert all(rate in (1.0, None) for rate, _ in (out["all_correct_1obj"], out["all_correct_2obj"]))
     assert set(out["facts"].values()) == {1.0}  # objects, sizes and relations: all stated
+    assert out["relation_by_template"] == {"direct": 1.0, "inverted": 1.0}
+
+
+def test_relations_are_also_scored_by_template():
+    from mitune_ray.shapes.world import Obj
+
+    a, b = Obj("red", "circle"), Obj("blue", "square")
+    left_image = render(Scene((a, b), "left"), seed=0)  # the red circle on the left
+    prompts = ["a red circle to the left of a blue square",  # direct, holds
+               "a blue square to the left of a red circle",  # direct, wrong
+               "a blue square with a red circle on its left",  # inverted, holds
+               "a red circle and a blue square"]  # no relation
+    out = score(Samples(prompts, np.stack([left_image] * 4)))
+    assert out["relation_by_template"] == {"direct": 0.5, "inverted": 1.0}
 
 
 def test_score_catches_missing_objects():

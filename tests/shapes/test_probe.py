@@ -53,6 +53,12 @@ def test_probe_sees_colours_in_the_shipped_model(shipped, tmp_path):
     assert out["nats"]["colour"] > 1.0 and out["nats"]["empty"] > 1.0
     assert max(out["increase"]["colour"]) > 0.2
     assert (tmp_path / "p.json").exists()
+    # The same costs split by the true prompt's template: a weighted mean of the two is the whole.
+    counts, split = out["n_by_template"], out["nats_by_template"]
+    assert sum(counts.values()) == 8 and set(split) == {"direct", "inverted"}
+    for e in EDITS:
+        whole = sum(counts[k] * split[k][e] for k in split) / 8
+        assert whole == pytest.approx(out["nats"][e], abs=0.01)
 
 
 def test_a_denoiser_that_ignores_the_prompt_pays_nothing_for_any_edit(shipped):
@@ -100,14 +106,24 @@ def test_learn_flags_reach_the_training(monkeypatch, capsys):
 
     def fake(minutes, *, settings, world, log):
         seen.update(minutes=minutes, steps=settings.unet_steps, world=world,
-                    channels=settings.unet_size.channels)
+                    channels=settings.unet_size.channels, p_direct=settings.p_direct)
         return {"trained": {"unet_steps": settings.unet_steps}, "levels": [50],
-                "nats": dict.fromkeys(EDITS, 0.0), "increase": {e: [0.0] for e in EDITS}}
+                "nats": dict.fromkeys(EDITS, 0.0), "increase": {e: [0.0] for e in EDITS},
+                "nats_by_template": {"inverted": dict.fromkeys(EDITS, 0.5)}}
 
     monkeypatch.setattr(probe_module, "learnability", fake)
-    main(["--learn", "30", "--steps", "3700", "--world", "order", "--channels", "32,64"])
-    assert seen == {"minutes": 30.0, "steps": 3700, "world": "order", "channels": (32, 64)}
-    assert "two-prompt order world (3700 steps)" in capsys.readouterr().out
+    main(["--learn", "30", "--steps", "3700", "--world", "order", "--channels", "32,64",
+          "--p-direct", "0.75"])
+    assert seen == {"minutes": 30.0, "steps": 3700, "world": "order", "channels": (32, 64),
+                    "p_direct": 0.75}
+    out = capsys.readouterr().out
+    assert "two-prompt order world (3700 steps)" in out
+    assert "inverted templates only, nats: relation 0.50" in out
+    main(["--learn", "30"])
+    assert seen["p_direct"] is None  # both templates alike, as the world writes prompts
     with pytest.raises(SystemExit):
         main(["--learn", "5", "--steps", "0"])
     assert "--steps 0 must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--learn", "5", "--p-direct", "1.5"])
+    assert "--p-direct 1.5 must be between 0 and 1" in capsys.readouterr().err

@@ -51,6 +51,27 @@ def test_smoke_training_writes_a_loadable_diffusers_folder(tmp_path):
     assert (tmp_path / "more" / vae_file).read_bytes() == (out / vae_file).read_bytes()
 
 
+def test_prompt_tilts_reach_every_training_prompt(tmp_path, monkeypatch):
+    import mitune_ray.shapes.train as train_module
+    from mitune_ray.shapes.prompts import describe, parse_prompt, template_kind
+
+    prompts: list[str] = []
+
+    def recording(*args, **kwargs):
+        prompts.append(describe(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(train_module, "describe", recording)
+    settings = TrainSettings(pool_size=64, vae_steps=1, vae_batch=8, vae_crop=64, unet_steps=4,
+                             unet_batch=16, warmup_steps=1, unet_size=arch.TEST, p_uncond=0.0,
+                             p_direct=1.0, p_canonical=1.0)
+    train_shapes_model(str(tmp_path / "m"), minutes=10, log=lambda line: None, settings=settings)
+    related = [p for p in prompts if parse_prompt(p).relation]
+    assert len(prompts) == 64 and related
+    assert {template_kind(p) for p in related} == {"direct"}
+    assert {parse_prompt(p).relation for p in related} <= {"left", "above"}
+
+
 def test_architecture_sizes_fit_the_budget():
     unet, text, vae = arch.build_unet(), arch.build_text_encoder(), arch.build_vae()
     total_mb = 4 * sum(arch.n_params(m) for m in (unet, text, vae)) / 2**20
@@ -73,6 +94,10 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         train_shapes_model(str(tmp_path), minutes=0)
     with pytest.raises(MituneError, match="loss_weight_cap=0.5 must be >= 1"):
         TrainSettings(loss_weight_cap=0.5)
+    with pytest.raises(MituneError, match=r"p_direct=1.5 must be in \[0, 1\]"):
+        TrainSettings(p_direct=1.5)
+    with pytest.raises(MituneError, match=r"p_canonical=-1 must be in \[0, 1\]"):
+        TrainSettings(p_canonical=-1)
 
 
 def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, capsys):
@@ -82,4 +107,12 @@ def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, 
         main(["shapes", "train", "--out", str(tmp_path / "m"), "--loss-weight-cap", "0.5"])
     assert exit_info.value.code == 2
     assert "--loss-weight-cap 0.5 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-direct", "-0.1"])
+    assert exit_info.value.code == 2
+    assert "--p-direct -0.1 must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-canonical", "2"])
+    assert "--p-canonical 2 must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

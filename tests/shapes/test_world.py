@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from mitune_ray.errors import MituneError
+from mitune_ray.shapes.checker import check
 from mitune_ray.shapes.prompts import (
     EVAL_RESERVE, Facts, ObjSpec, describe, eval_prompts, fact_key, parse_prompt, scene_facts,
-    templates, train_prompts, tune_prompts,
+    template_kind, templates, train_prompts, tune_prompts,
 )
 from mitune_ray.shapes.world import (
     BACKGROUND, HELD_OUT_PAIRS, IMAGE_SIZE, PALETTE, Obj, Scene, held_out_combos, is_held_out,
@@ -77,6 +78,44 @@ def test_describe_round_trips_through_the_parser():
         facts = scene_facts(scene, prompt)  # raises if the prompt misstates the scene
         for spec, obj in zip(facts.objects, scene.objects):
             assert spec.size in (None, obj.size)
+
+
+def test_p_direct_tilts_the_relation_templates_and_leaves_the_world_prompts_alone():
+    rng = random.Random(3)
+    scenes = [random_scene(rng, p_single=0.0) for _ in range(400)]
+    related = [s for s in scenes if s.relation is not None]
+
+    def kinds(p_direct):
+        rng = random.Random(4)
+        prompts = [describe(s, rng, p_direct=p_direct) for s in related]
+        for scene, prompt in zip(related, prompts):
+            scene_facts(scene, prompt)  # still states the scene exactly
+        return [template_kind(p) for p in prompts]
+
+    assert set(kinds(1.0)) == {"direct"} and set(kinds(0.0)) == {"inverted"}
+    assert 0.68 < kinds(0.75).count("direct") / len(related) < 0.82
+    assert template_kind("a red circle and a blue square") is None
+    # None draws as the world always has: the evaluation prompts are exactly the published ones.
+    assert eval_prompts(3) == ["a picture of a small orange circle and a yellow circle",
+                               "a large blue triangle and a small red circle",
+                               "a large red triangle to the left of a small yellow square"]
+
+
+def test_p_canonical_restates_relations_with_left_and_above_for_the_same_image():
+    rng = random.Random(5)
+    scenes = [s for s in (random_scene(rng, p_single=0.0) for _ in range(300)) if s.relation]
+
+    def words(p_canonical):
+        rng = random.Random(6)
+        out = []
+        for i, scene in enumerate(scenes):
+            prompt = describe(scene, rng, p_canonical=p_canonical, p_direct=0.5)
+            assert check(prompt, render(scene, seed=i)).all_correct  # the same image, restated
+            out.append(parse_prompt(prompt).relation)
+        return out
+
+    assert set(words(1.0)) == {"left", "above"} and set(words(0.0)) == {"right", "below"}
+    assert 0.68 < sum(w in ("left", "above") for w in words(0.75)) / len(scenes) < 0.82
 
 
 def test_splits_are_disjoint_and_deterministic():
