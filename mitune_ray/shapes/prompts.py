@@ -72,9 +72,26 @@ def templates() -> list[tuple[str, str | None]]:
         (t, None) for t in _AND_TEMPLATES + _SINGLE_TEMPLATES]
 
 
+# A relation's templates are (direct, inverted): the direct one names first the object the
+# relation places ("{a} to the left of {b}"), the inverted one the other ("{b} with {a} ...").
+_TEMPLATE_KINDS = ("direct", "inverted")
+
+
 @functools.lru_cache(maxsize=1)
-def _parsers() -> list[tuple[re.Pattern[str], str | None]]:
-    return [(_template_regex(t), relation) for t, relation in templates()]
+def _parsers() -> list[tuple[re.Pattern[str], str | None, str | None]]:
+    """(regex, relation, template kind) of every template, in `templates()` order."""
+    kinds = {t: kind for ts in _RELATION_TEMPLATES.values() for t, kind in zip(ts, _TEMPLATE_KINDS)}
+    return [(_template_regex(t), relation, kinds.get(t)) for t, relation in templates()]
+
+
+def _match(prompt: str) -> tuple[re.Match[str], str | None, str | None]:
+    text = " ".join(prompt.lower().split())
+    for regex, relation, kind in _parsers():
+        match = regex.fullmatch(text)
+        if match is not None:
+            return match, relation, kind
+    raise MituneError(f"prompt {prompt!r} is not a ShapesWorld prompt; write it like "
+                      "'a red circle to the left of a blue square' (see shapes.prompts.templates())")
 
 
 def parse_prompt(prompt: str) -> Facts:
@@ -84,18 +101,12 @@ def parse_prompt(prompt: str) -> Facts:
         >>> parse_prompt("a small green triangle").objects[0]
         ObjSpec(colour='green', shape='triangle', size='small')
     """
-    text = " ".join(prompt.lower().split())
-    for regex, relation in _parsers():
-        match = regex.fullmatch(text)
-        if match is None:
-            continue
-        groups = match.groupdict()
-        names = ["a", "b"] if "b_colour" in groups else ["a"]
-        objects = tuple(ObjSpec(groups[f"{n}_colour"], groups[f"{n}_shape"], groups[f"{n}_size"])
-                        for n in names)
-        return Facts(objects, relation)
-    raise MituneError(f"prompt {prompt!r} is not a ShapesWorld prompt; write it like "
-                      "'a red circle to the left of a blue square' (see shapes.prompts.templates())")
+    match, relation, _ = _match(prompt)
+    groups = match.groupdict()
+    names = ["a", "b"] if "b_colour" in groups else ["a"]
+    objects = tuple(ObjSpec(groups[f"{n}_colour"], groups[f"{n}_shape"], groups[f"{n}_size"])
+                    for n in names)
+    return Facts(objects, relation)
 
 
 def _phrase(obj: Obj, state_size: bool) -> str:
@@ -137,11 +148,11 @@ def describe(scene: Scene, rng: random.Random, *, p_state_size: float = P_STATE_
         return template.format(a=phrases[0])
     if scene.relation is None:
         return rng.choice(_AND_TEMPLATES).format(a=phrases[0], b=phrases[1])
-    direct, inverted = _RELATION_TEMPLATES[scene.relation]
+    pool = _RELATION_TEMPLATES[scene.relation]  # (direct, inverted)
     if p_direct is None:
-        template = rng.choice((direct, inverted))
+        template = rng.choice(pool)
     else:
-        template = direct if rng.random() < p_direct else inverted
+        template = pool[0] if rng.random() < p_direct else pool[1]
     return template.format(a=phrases[0], b=phrases[1])
 
 
@@ -153,9 +164,7 @@ def template_kind(prompt: str) -> str | None:
         >>> template_kind("a blue square with a red circle on its left")
         'inverted'
     """
-    if parse_prompt(prompt).relation is None:
-        return None
-    return "inverted" if " with " in prompt else "direct"
+    return _match(prompt)[2]
 
 
 def scene_facts(scene: Scene, prompt: str) -> Facts:
