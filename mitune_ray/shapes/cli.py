@@ -29,6 +29,11 @@ def train_main(argv: list[str]) -> int:
                         metavar="P", help="the share of relation prompts stated with 'left' or "
                                           "'above' (the same images); default: as the world "
                                           "writes them; see TrainSettings.p_direct")
+    parser.add_argument("--tilt-anneal", type=float, default=TrainSettings.tilt_anneal,
+                        metavar="SHARE", help="a curriculum: both tilts start at 1 and fall "
+                        "linearly to --p-direct / --p-canonical over this share of the UNet's "
+                        "budget; default 0: they hold from the start; see "
+                        "TrainSettings.tilt_anneal")
     args = parser.parse_args(argv)
     if not args.loss_weight_cap >= 1.0:
         parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
@@ -37,8 +42,13 @@ def train_main(argv: list[str]) -> int:
         value = getattr(args, flag)
         if value is not None and not 0.0 <= value <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} {value:g} must be between 0 and 1")
+    if not 0.0 <= args.tilt_anneal <= 1.0:
+        parser.error(f"--tilt-anneal {args.tilt_anneal:g} must be between 0 and 1")
+    if args.tilt_anneal and (args.p_direct is None or args.p_canonical is None):
+        parser.error(f"--tilt-anneal {args.tilt_anneal:g} needs --p-direct and --p-canonical, "
+                     "the tilts it ends at (0.5: both alike)")
     settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, p_direct=args.p_direct,
-                             p_canonical=args.p_canonical)
+                             p_canonical=args.p_canonical, tilt_anneal=args.tilt_anneal)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,
                                  threads=args.threads, settings=settings)
     print(f"model written to {args.out}: {metrics['unet_steps']} UNet steps in "

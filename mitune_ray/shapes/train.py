@@ -68,6 +68,12 @@ class TrainSettings:
     # "below", the same images) gives the first-named object alone one. Both: `describe`.
     p_direct: float | None = None
     p_canonical: float | None = None
+    # A curriculum: the share of the denoiser's budget over which both tilts fall linearly from
+    # 1.0 to `p_direct` / `p_canonical` (0: they hold from the start). At 1.0 every relation
+    # prompt is "{a} left of / above {b}": the first-named object is the one placed, no parity
+    # at all; as the tilts fall, "right", "below" and the inverted templates each flip a
+    # direction the model already draws, which gives them a gradient of their own.
+    tilt_anneal: float = 0.0
     unet_size: arch.UNetSize = field(default_factory=lambda: arch.SMALL)
     vae_share: float = 0.25  # at most this share of the time budget goes to the autoencoder
 
@@ -88,6 +94,12 @@ class TrainSettings:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise MituneError(f"TrainSettings.{name}={value} must be in [0, 1] (or None: "
                                   "prompts as the world writes them)")
+        if not 0.0 <= self.tilt_anneal <= 1.0:
+            raise MituneError(f"TrainSettings.tilt_anneal={self.tilt_anneal} must be in [0, 1] "
+                              "(a share of the denoiser's budget)")
+        if self.tilt_anneal and (self.p_direct is None or self.p_canonical is None):
+            raise MituneError(f"TrainSettings.tilt_anneal={self.tilt_anneal} needs p_direct and "
+                              "p_canonical: the tilts it ends at (0.5: both alike)")
         if not 0.0 <= self.p_uncond < 1.0:
             raise MituneError(f"TrainSettings.p_uncond={self.p_uncond} must be in [0, 1)")
 
@@ -115,6 +127,18 @@ def _lr_factor(progress: float, step: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _tilt(final: float | None, progress: float, anneal: float) -> float | None:
+    """A prompt tilt at `progress` of the budget: 1.0 falling linearly to `final` by `anneal`.
+
+    Example:
+        >>> [_tilt(0.5, p, 0.5) for p in (0.0, 0.25, 0.5, 0.9)]
+        [1.0, 0.75, 0.5, 0.5]
+    """
+    if final is None or anneal <= 0.0:
+        return final
+    return final + (1.0 - final) * max(0.0, 1.0 - progress / anneal)
 
 
 def train_vae(vae, images: np.ndarray, s: TrainSettings, *, seconds: float, seed: int,
@@ -201,8 +225,10 @@ def train_denoiser(unet, text_encoder, latents: torch.Tensor, scenes: list[Scene
         for group in opt.param_groups:
             group["lr"] = s.unet_lr * _lr_factor(progress, step, s.warmup_steps)
         idx = torch.randint(len(latents), (s.unet_batch,), generator=gen)
+        p_direct, p_canonical = (_tilt(p, progress, s.tilt_anneal)
+                                 for p in (s.p_direct, s.p_canonical))
         prompts = ["" if rng.random() < s.p_uncond
-                   else describe(scenes[i], rng, p_direct=s.p_direct, p_canonical=s.p_canonical)
+                   else describe(scenes[i], rng, p_direct=p_direct, p_canonical=p_canonical)
                    for i in idx]
         z0 = latents[idx]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
@@ -223,8 +249,10 @@ def train_denoiser(unet, text_encoder, latents: torch.Tensor, scenes: list[Scene
         _ema_update(ema_text, text_encoder, decay)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == s.unet_steps:
+            tilts = "" if p_direct is None else f" tilts {p_direct:.2f}/{p_canonical:.2f}"
             log(f"unet step {step}/{s.unet_steps} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e}"
-                f" ({time.monotonic() - start:.0f} s, {step / (time.monotonic() - start):.2f} it/s)")
+                f"{tilts} ({time.monotonic() - start:.0f} s, "
+                f"{step / (time.monotonic() - start):.2f} it/s)")
     metrics = {"unet_steps": step, "unet_loss_ema": round(float(avg), 5),
                "unet_seconds": round(time.monotonic() - start, 1)}
     return metrics, ema_unet, ema_text
@@ -252,7 +280,8 @@ def train_shapes_model(out_dir: str, *, minutes: float = 85, seed: int = 0,
         Metrics: steps done, final losses, seconds per stage, latent scaling factor, sizes.
 
     Example:
-        >>> m = train_shapes_model("/tmp/s", minutes=0.5, settings=TrainSettings.smoke())
+        >>> m = train_shapes_model("/tmp/s", minutes=0.5, settings=TrainSettings.smoke(),
+        ...                        log=lambda line: None)
         >>> m["unet_steps"]
         3
     """

@@ -10,7 +10,7 @@ import torch
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes import model as arch
-from mitune_ray.shapes.train import TrainSettings, _lr_factor, train_shapes_model
+from mitune_ray.shapes.train import TrainSettings, _lr_factor, _tilt, train_shapes_model
 from mitune_ray.tokenizer import clip_tokenizer
 
 
@@ -72,6 +72,33 @@ def test_prompt_tilts_reach_every_training_prompt(tmp_path, monkeypatch):
     assert {parse_prompt(p).relation for p in related} <= {"left", "above"}
 
 
+def test_tilt_anneal_starts_without_parity_and_falls_to_the_final_tilts(tmp_path, monkeypatch):
+    import mitune_ray.shapes.train as train_module
+
+    from mitune_ray.shapes.prompts import describe
+
+    tilts: list[tuple[float, float]] = []
+
+    def recording(scene, rng, **kwargs):
+        tilts.append((kwargs["p_direct"], kwargs["p_canonical"]))
+        return describe(scene, rng, **kwargs)
+
+    monkeypatch.setattr(train_module, "describe", recording)
+    settings = TrainSettings(pool_size=64, vae_steps=1, vae_batch=8, vae_crop=64, unet_steps=4,
+                             unet_batch=2, warmup_steps=1, unet_size=arch.TEST, p_uncond=0.0,
+                             p_direct=0.5, p_canonical=0.7, tilt_anneal=1.0)
+    # A generous clock: the step count sets the progress (0, 1/4, 2/4, 3/4).
+    train_shapes_model(str(tmp_path / "m"), minutes=10, log=lambda line: None, settings=settings)
+    assert np.allclose(tilts[::2], [(1.0, 1.0), (0.875, 0.925), (0.75, 0.85), (0.625, 0.775)])
+
+
+def test_tilt_schedule():
+    assert _tilt(None, 0.0, 0.5) is None  # prompts as the world writes them
+    assert _tilt(0.85, 0.3, 0.0) == 0.85  # no anneal: the tilt holds from the start
+    assert [_tilt(0.5, p, 0.7) for p in (0.0, 0.35, 0.7, 1.0)] == pytest.approx(
+        [1.0, 0.75, 0.5, 0.5])
+
+
 def test_architecture_sizes_fit_the_budget():
     unet, text, vae = arch.build_unet(), arch.build_text_encoder(), arch.build_vae()
     total_mb = 4 * sum(arch.n_params(m) for m in (unet, text, vae)) / 2**20
@@ -98,6 +125,10 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         TrainSettings(p_direct=1.5)
     with pytest.raises(MituneError, match=r"p_canonical=-1 must be in \[0, 1\]"):
         TrainSettings(p_canonical=-1)
+    with pytest.raises(MituneError, match=r"tilt_anneal=1.5 must be in \[0, 1\]"):
+        TrainSettings(p_direct=0.5, p_canonical=0.5, tilt_anneal=1.5)
+    with pytest.raises(MituneError, match="tilt_anneal=0.5 needs p_direct and p_canonical"):
+        TrainSettings(p_direct=0.5, tilt_anneal=0.5)
 
 
 def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, capsys):
@@ -115,4 +146,12 @@ def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, 
     with pytest.raises(SystemExit):
         main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-canonical", "2"])
     assert "--p-canonical 2 must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--tilt-anneal", "0.7"])
+    assert exit_info.value.code == 2
+    assert "--tilt-anneal 0.7 needs --p-direct and --p-canonical" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-direct", "0.5",
+              "--p-canonical", "0.5", "--tilt-anneal", "-1"])
+    assert "--tilt-anneal -1 must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
