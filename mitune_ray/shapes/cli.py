@@ -23,17 +23,19 @@ def train_main(argv: list[str]) -> int:
                              "shapes/probe.py")
     parser.add_argument("--p-direct", type=float, default=TrainSettings.p_direct, metavar="P",
                         help="the share of relation prompts written in the direct template "
-                             "('{a} left of {b}', not '{b} with {a} on its left'); default: "
-                             "both alike; see TrainSettings.p_direct")
+                             "('{a} left of {b}', not '{b} with {a} on its left') at the end of "
+                             "the curriculum; default 0.5: both alike; see "
+                             "TrainSettings.p_direct")
     parser.add_argument("--p-canonical", type=float, default=TrainSettings.p_canonical,
                         metavar="P", help="the share of relation prompts stated with 'left' or "
-                                          "'above' (the same images); default: as the world "
-                                          "writes them; see TrainSettings.p_direct")
+                                          "'above' (the same images) at the end of the "
+                                          "curriculum; default 0.5: as the world writes them; "
+                                          "see TrainSettings.p_direct")
     parser.add_argument("--tilt-anneal", type=float, default=TrainSettings.tilt_anneal,
                         metavar="SHARE", help="a curriculum: both tilts start at 1 and fall "
                         "linearly to --p-direct / --p-canonical over this share of the UNet's "
-                        "budget; default 0: they hold from the start; see "
-                        "TrainSettings.tilt_anneal")
+                        "budget (0: they hold from the start); the default, 0.7, made the "
+                        "shipped model; see TrainSettings.tilt_anneal")
     args = parser.parse_args(argv)
     if not args.loss_weight_cap >= 1.0:
         parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
@@ -44,9 +46,6 @@ def train_main(argv: list[str]) -> int:
             parser.error(f"--{flag.replace('_', '-')} {value:g} must be between 0 and 1")
     if not 0.0 <= args.tilt_anneal <= 1.0:
         parser.error(f"--tilt-anneal {args.tilt_anneal:g} must be between 0 and 1")
-    if args.tilt_anneal and (args.p_direct is None or args.p_canonical is None):
-        parser.error(f"--tilt-anneal {args.tilt_anneal:g} needs --p-direct and --p-canonical, "
-                     "the tilts it ends at (0.5: both alike)")
     settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, p_direct=args.p_direct,
                              p_canonical=args.p_canonical, tilt_anneal=args.tilt_anneal)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,

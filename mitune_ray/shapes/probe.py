@@ -184,8 +184,12 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
     """Train a fresh UNet + text encoder for `minutes` on a two-prompt world (`WORLDS`; with the
     autoencoder of `vae_folder`, by default the shipped model's), then `probe` it there.
 
+    `settings` default: the recipe's, without its prompt curriculum (the two-prompt worlds'
+    prompts as they are written).
+
     Example (2-core CPU; with `loss_weight_cap=1`, plain epsilon loss, 0.01):
-        >>> settings = TrainSettings(loss_weight_cap=100, warmup_steps=100, unet_steps=10**9)
+        >>> settings = TrainSettings(loss_weight_cap=100, warmup_steps=100, unet_steps=10**9,
+        ...                          p_direct=None, p_canonical=None, tilt_anneal=0.0)
         >>> learnability(15, settings=settings)["nats"]["relation"]  # doctest: +SKIP
         11.76
     """
@@ -195,7 +199,7 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
         raise ValueError(f"minutes={minutes} must be positive (the training time)")
     if world not in WORLDS:
         raise ValueError(f"world={world!r} is not one of {', '.join(WORLDS)}")
-    s = settings or TrainSettings()
+    s = settings or TrainSettings(p_direct=None, p_canonical=None, tilt_anneal=0.0)
     torch.manual_seed(seed)
     vae, _, _ = arch.load_parts(vae_folder or str(resolve_model_path("bundled:shapes")))
     scenes = two_prompt_world(n_scenes, f"train:{seed}", world)
@@ -281,8 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "e.g. 64,128")
         if args.p_direct is not None and not 0.0 <= args.p_direct <= 1.0:
             parser.error(f"--p-direct {args.p_direct:g} must be between 0 and 1")
+        # The two-prompt worlds' own prompts: no curriculum, and the order world stays "left".
         settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
-                                 p_direct=args.p_direct,
+                                 p_direct=args.p_direct, p_canonical=None, tilt_anneal=0.0,
                                  warmup_steps=100, unet_steps=args.steps or 10**9,
                                  unet_size=arch.UNetSize(channels=channels))
         result = learnability(args.learn, settings=settings, world=args.world,

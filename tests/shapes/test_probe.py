@@ -106,7 +106,8 @@ def test_learn_flags_reach_the_training(monkeypatch, capsys):
 
     def fake(minutes, *, settings, world, log):
         seen.update(minutes=minutes, steps=settings.unet_steps, world=world,
-                    channels=settings.unet_size.channels, p_direct=settings.p_direct)
+                    channels=settings.unet_size.channels, p_direct=settings.p_direct,
+                    curriculum=(settings.p_canonical, settings.tilt_anneal))
         return {"trained": {"unet_steps": settings.unet_steps}, "levels": [50],
                 "nats": dict.fromkeys(EDITS, 0.0), "increase": {e: [0.0] for e in EDITS},
                 "nats_by_template": {"inverted": dict.fromkeys(EDITS, 0.5)}}
@@ -115,7 +116,7 @@ def test_learn_flags_reach_the_training(monkeypatch, capsys):
     main(["--learn", "30", "--steps", "3700", "--world", "order", "--channels", "32,64",
           "--p-direct", "0.75"])
     assert seen == {"minutes": 30.0, "steps": 3700, "world": "order", "channels": (32, 64),
-                    "p_direct": 0.75}
+                    "p_direct": 0.75, "curriculum": (None, 0.0)}  # the order world stays "left"
     out = capsys.readouterr().out
     assert "two-prompt order world (3700 steps)" in out
     assert "inverted templates only, nats: relation 0.50" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -92,6 +93,16 @@ def test_tilt_anneal_starts_without_parity_and_falls_to_the_final_tilts(tmp_path
     assert np.allclose(tilts[::2], [(1.0, 1.0), (0.875, 0.925), (0.75, 0.85), (0.625, 0.775)])
 
 
+def test_the_default_recipe_is_the_shipped_models_curriculum():
+    # The shipped model's: both tilts from 1.0 down to the world's 0.5 over 70% of the budget.
+    s = TrainSettings()
+    assert (s.p_direct, s.p_canonical, s.tilt_anneal) == (0.5, 0.5, 0.7)
+    shipped = json.loads((files("mitune_ray.assets") / "shapes_model" / "train_metrics.json"
+                          ).read_text())["settings"]
+    assert {k: shipped[k] for k in ("p_direct", "p_canonical", "tilt_anneal", "unet_steps")} == {
+        "p_direct": 0.5, "p_canonical": 0.5, "tilt_anneal": 0.7, "unet_steps": s.unet_steps}
+
+
 def test_tilt_schedule():
     assert _tilt(None, 0.0, 0.5) is None  # prompts as the world writes them
     assert _tilt(0.85, 0.3, 0.0) == 0.85  # no anneal: the tilt holds from the start
@@ -128,7 +139,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(MituneError, match=r"tilt_anneal=1.5 must be in \[0, 1\]"):
         TrainSettings(p_direct=0.5, p_canonical=0.5, tilt_anneal=1.5)
     with pytest.raises(MituneError, match="tilt_anneal=0.5 needs p_direct and p_canonical"):
-        TrainSettings(p_direct=0.5, tilt_anneal=0.5)
+        TrainSettings(p_direct=None, tilt_anneal=0.5)
 
 
 def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, capsys):
@@ -147,11 +158,7 @@ def test_train_cli_refuses_a_loss_weight_cap_below_one_before_writing(tmp_path, 
         main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-canonical", "2"])
     assert "--p-canonical 2 must be between 0 and 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["shapes", "train", "--out", str(tmp_path / "m"), "--tilt-anneal", "0.7"])
+        main(["shapes", "train", "--out", str(tmp_path / "m"), "--tilt-anneal", "-1"])
     assert exit_info.value.code == 2
-    assert "--tilt-anneal 0.7 needs --p-direct and --p-canonical" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["shapes", "train", "--out", str(tmp_path / "m"), "--p-direct", "0.5",
-              "--p-canonical", "0.5", "--tilt-anneal", "-1"])
     assert "--tilt-anneal -1 must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
