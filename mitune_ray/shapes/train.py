@@ -55,8 +55,8 @@ class TrainSettings:
     # epsilon model, capped; 1.0 is plain epsilon loss. Plain epsilon loss weighs an error in the
     # predicted image by abar_t / (1 - abar_t), under 2.4% above t = 850, where the layout is
     # decided: trained so, this architecture never learnt a relation, even alone in a two-prompt
-    # world, and cap 100 does in 15 minutes (`probe.py --learn`). The shipped model (cap 100)
-    # reads the axis of a relation (7.8 nats) where the epsilon-trained one did not (0.02).
+    # world, and cap 100 does in 15 minutes (`probe.py --learn`). The 2026-11-27 model (cap 100)
+    # read the axis of a relation (7.8 nats) where the epsilon-trained one did not (0.02).
     loss_weight_cap: float = 100.0
     # The chance that a training prompt states its relation in the direct template ("{a} left of
     # {b}") rather than the inverted one ("{b} with {a} on its left"); None or 0.5: the two
