@@ -40,12 +40,10 @@ def train_main(argv: list[str]) -> int:
     if not args.loss_weight_cap >= 1.0:
         parser.error(f"--loss-weight-cap {args.loss_weight_cap:g} must be at least 1 "
                      "(1 is plain epsilon loss)")
-    for flag in ("p_direct", "p_canonical"):
+    for flag in ("p_direct", "p_canonical", "tilt_anneal"):
         value = getattr(args, flag)
         if value is not None and not 0.0 <= value <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} {value:g} must be between 0 and 1")
-    if not 0.0 <= args.tilt_anneal <= 1.0:
-        parser.error(f"--tilt-anneal {args.tilt_anneal:g} must be between 0 and 1")
     settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, p_direct=args.p_direct,
                              p_canonical=args.p_canonical, tilt_anneal=args.tilt_anneal)
     metrics = train_shapes_model(args.out, minutes=args.minutes, seed=args.seed,

@@ -178,18 +178,22 @@ def probe(pipe, *, n: int = 96, split: str = "train", seed: int = 0, repeats: in
     }
 
 
+# The two-prompt worlds' prompts as they are written: no training curriculum, and the order
+# world stays "left" (`TrainSettings.p_canonical` would restate half of it with "right").
+UNTILTED = {"p_direct": None, "p_canonical": None, "tilt_anneal": 0.0}
+
+
 def learnability(minutes: float, *, settings: TrainSettings | None = None,
                  vae_folder: str | None = None, n_scenes: int = 4000, seed: int = 0,
                  world: str = "relation", log=print) -> dict:
     """Train a fresh UNet + text encoder for `minutes` on a two-prompt world (`WORLDS`; with the
     autoencoder of `vae_folder`, by default the shipped model's), then `probe` it there.
 
-    `settings` default: the recipe's, without its prompt curriculum (the two-prompt worlds'
-    prompts as they are written).
+    `settings` default: the recipe's with the worlds' prompts as written (`UNTILTED`).
 
     Example (2-core CPU; with `loss_weight_cap=1`, plain epsilon loss, 0.01):
         >>> settings = TrainSettings(loss_weight_cap=100, warmup_steps=100, unet_steps=10**9,
-        ...                          p_direct=None, p_canonical=None, tilt_anneal=0.0)
+        ...                          **UNTILTED)
         >>> learnability(15, settings=settings)["nats"]["relation"]  # doctest: +SKIP
         11.76
     """
@@ -199,7 +203,7 @@ def learnability(minutes: float, *, settings: TrainSettings | None = None,
         raise ValueError(f"minutes={minutes} must be positive (the training time)")
     if world not in WORLDS:
         raise ValueError(f"world={world!r} is not one of {', '.join(WORLDS)}")
-    s = settings or TrainSettings(p_direct=None, p_canonical=None, tilt_anneal=0.0)
+    s = settings or TrainSettings(**UNTILTED)
     torch.manual_seed(seed)
     vae, _, _ = arch.load_parts(vae_folder or str(resolve_model_path("bundled:shapes")))
     scenes = two_prompt_world(n_scenes, f"train:{seed}", world)
@@ -285,9 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "e.g. 64,128")
         if args.p_direct is not None and not 0.0 <= args.p_direct <= 1.0:
             parser.error(f"--p-direct {args.p_direct:g} must be between 0 and 1")
-        # The two-prompt worlds' own prompts: no curriculum, and the order world stays "left".
-        settings = TrainSettings(loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
-                                 p_direct=args.p_direct, p_canonical=None, tilt_anneal=0.0,
+        settings = TrainSettings(**(UNTILTED | {"p_direct": args.p_direct}),
+                                 loss_weight_cap=args.loss_weight_cap, unet_lr=args.lr,
                                  warmup_steps=100, unet_steps=args.steps or 10**9,
                                  unet_size=arch.UNetSize(channels=channels))
         result = learnability(args.learn, settings=settings, world=args.world,

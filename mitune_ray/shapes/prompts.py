@@ -148,11 +148,11 @@ def describe(scene: Scene, rng: random.Random, *, p_state_size: float = P_STATE_
         return template.format(a=phrases[0])
     if scene.relation is None:
         return rng.choice(_AND_TEMPLATES).format(a=phrases[0], b=phrases[1])
-    pool = _RELATION_TEMPLATES[scene.relation]  # (direct, inverted)
+    direct, inverted = _RELATION_TEMPLATES[scene.relation]
     if p_direct is None:
-        template = rng.choice(pool)
+        template = rng.choice((direct, inverted))
     else:
-        template = pool[0] if rng.random() < p_direct else pool[1]
+        template = direct if rng.random() < p_direct else inverted
     return template.format(a=phrases[0], b=phrases[1])
 
 
