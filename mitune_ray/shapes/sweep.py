@@ -108,6 +108,9 @@ class Setup:
     max_batch: int = 1024
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     tuned_eval_prompts: int = 64  # also evaluated: this many of the tuning prompts (0: none)
+    # Also evaluate every version at this guidance (None: not): whether a gain at `guidance` is
+    # better binding or only a tolerance of over-guidance (`guidance-control.json`).
+    control_guidance: float | None = None
 
 
 # DoRA's targets. "attention" is the reference's (the family's `target_modules`: the self- and
@@ -148,6 +151,8 @@ class Lab:
         self.base = denoiser(self.pipe, self.fam)
         self.eval = [Prompt(prompt_id(t), t) for t in eval_prompts(setup.eval_prompts, seed=1)]
         self.base_correct, self.base_facts = self.evaluate(self.base)
+        self.base_control = (None if setup.control_guidance is None else
+                             self.evaluate(self.base, guidance=setup.control_guidance)[0])
         self._first_round: dict[tuple, tuple[list, float]] = {}  # the base model's selections
         self._base_on: dict[tuple, dict[str, float]] = {}  # the base model on tuning prompts
 
@@ -174,16 +179,19 @@ class Lab:
                                                              for im in images])
 
     @torch.no_grad()
-    def evaluate(self, net: torch.nn.Module, prompts=None) -> tuple[dict[str, float], dict]:
+    def evaluate(self, net: torch.nn.Module, prompts=None,
+                 guidance: float | None = None) -> tuple[dict[str, float], dict]:
         """Prompt id -> fully-correct share over the evaluation seeds (round index 0: the same
         seeds for every version, none of them a candidate's), and the share of each kind of fact
-        that holds; on the held-out evaluation prompts unless `prompts` are given."""
+        that holds; on the held-out evaluation prompts unless `prompts` are given, at the setup's
+        guidance unless `guidance` is."""
         from mitune_ray.shapes.checker import check, fact_rates
 
         n = self.setup.eval_seeds
         self._use(net)
         gen = GenerateSection(candidates=n, keep=n, steps=self.setup.sample_steps,
-                              guidance=self.setup.guidance, max_batch=self.setup.max_batch)
+                              guidance=guidance or self.setup.guidance,
+                              max_batch=self.setup.max_batch)
         # The trajectory estimator costs nothing extra; evaluation reads no MI.
         results = self._sampler(gen, MISection()).generate(prompts or self.eval, 0)
         checks = {r.prompt.prompt_id: [check(r.prompt.text, s.image) for s in r.selected]
@@ -358,9 +366,14 @@ class Lab:
             correct, facts = self.evaluate(net)
             gain = paired_gain(self.base_correct, correct)
             tuned = self.tuned_gain(net, prompts) if self.setup.tuned_eval_prompts else None
+            control = None
+            if self.base_control is not None:
+                c_correct, c_facts = self.evaluate(net, guidance=self.setup.control_guidance)
+                control = {"guidance": self.setup.control_guidance,
+                           **paired_gain(self.base_control, c_correct), "facts": c_facts}
             rounds.append({"round": r, "kept": len(kept), "trained_on": len(seen),
                            "kept_fully_correct": quality, **gain, "facts": facts,
-                           "tuned_prompts": tuned})
+                           "tuned_prompts": tuned, "control_guidance": control})
             self.log(f"[sweep] {describe(trial)} round {r}: kept {len(kept)} "
                      f"({quality:.2f} fully correct); held out {gain['base_rate']:.3f} -> "
                      f"{gain['tuned_rate']:.3f} (gain {gain['gain']:+.3f} "
@@ -368,7 +381,11 @@ class Lab:
                      + ("" if tuned is None else
                         f"; tuned prompts {tuned['base_rate']:.3f} -> {tuned['tuned_rate']:.3f} "
                         f"(gain {tuned['gain']:+.3f} [{tuned['ci'][0]:+.3f}, "
-                        f"{tuned['ci'][1]:+.3f}])"))
+                        f"{tuned['ci'][1]:+.3f}])")
+                     + ("" if control is None else
+                        f"; at guidance {control['guidance']:g} {control['base_rate']:.3f} -> "
+                        f"{control['tuned_rate']:.3f} (gain {control['gain']:+.3f} "
+                        f"[{control['ci'][0]:+.3f}, {control['ci'][1]:+.3f}])"))
             if on_round is not None and r < trial.rounds:
                 on_round({"trial": asdict(trial), "rounds": rounds,
                           "seconds": round(time.perf_counter() - start, 1),
@@ -496,17 +513,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="mi,random,checker", help="phase B's arms, in order")
     p.add_argument("--rounds", type=int, help="phase B's rounds (default 3)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default 7.5)")
+    p.add_argument("--control-guidance", type=float, metavar="G",
+                   help="also evaluate the base model and every round at guidance G")
     p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
                    help="instead of phases A and B: every combination of these trial settings, "
                         "each the oracle for one round unless arm= or rounds= says otherwise "
                         "(keys: " + ", ".join(_GRID_TYPES) + ")")
     args = p.parse_args(argv)
-    if args.guidance is not None and args.guidance <= 0:
-        p.error(f"--guidance {args.guidance}: must be above 0 (the base model is best at 3-5)")
     setup, base = (QUICK_SETUP, QUICK_TRIAL) if args.quick else (Setup(), Trial(arm="checker",
                                                                                  lr=1e-4))
+    for flag, value in (("--guidance", args.guidance),
+                        ("--control-guidance", args.control_guidance)):
+        if value is not None and value <= 0:
+            p.error(f"{flag} {value}: must be above 0 (the base model is best at 3-5)")
     if args.guidance is not None:
         setup = replace(setup, guidance=args.guidance)
+    if args.control_guidance is not None:
+        setup = replace(setup, control_guidance=args.control_guidance)
     base = replace(base, rounds=args.rounds or base.rounds)
     grid = None
     if args.grid:
@@ -520,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": torch.cuda.get_device_name() if lab.device.type == "cuda" else "cpu",
            "setup": asdict(setup), "base_rate": float(np.mean(list(lab.base_correct.values()))),
            "base_facts": lab.base_facts}
+    if lab.base_control is not None:
+        env["base_rate_control_guidance"] = float(np.mean(list(lab.base_control.values())))
     log(f"[sweep] {env['device']}: base model held out fully correct {env['base_rate']:.3f}; "
         f"facts {rates_line(lab.base_facts)}")
 

@@ -45,11 +45,27 @@ def test_given_lr_skips_the_oracle_phase(tmp_path):
     assert result["setup"]["guidance"] == 5.0
 
 
-def test_a_bad_guidance_is_a_one_line_error(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--guidance", "--control-guidance"])
+def test_a_bad_guidance_is_a_one_line_error(tmp_path, capsys, flag):
     with pytest.raises(SystemExit) as exit:
-        main(["--quick", "--json", str(tmp_path / "s.json"), "--guidance", "0"])
+        main(["--quick", "--json", str(tmp_path / "s.json"), flag, "0"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exit.value.code == 2 and "--guidance 0.0: must be above 0" in err
+    assert exit.value.code == 2 and f"{flag} 0.0: must be above 0" in err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_a_control_guidance_evaluates_the_base_and_every_round_again(tmp_path):
+    out = tmp_path / "grid.json"
+    main(["--quick", "--json", str(out), "--guidance", "7.5", "--control-guidance", "3",
+          "--grid", "rounds=2"])
+    result = json.loads(out.read_text())
+    assert result["setup"]["control_guidance"] == 3.0
+    assert 0.0 <= result["base_rate_control_guidance"] <= 1.0
+    for r in result["trials"][0]["rounds"]:
+        control = r["control_guidance"]
+        assert control["guidance"] == 3.0 and control["prompts"] == QUICK_SETUP.eval_prompts
+        assert control["base_rate"] == result["base_rate_control_guidance"]
+        assert control["ci"][0] <= control["gain"] <= control["ci"][1]
 
 
 def test_training_moves_the_adapter_and_leaves_the_base_alone(lab):
