@@ -81,6 +81,10 @@ class Scale:
     # "continue" (each round trains the previous round's adapter on). With "fresh" the oracle's
     # gain does not grow with rounds (`sweep-cpu-arms.json`: +4.3, +5.1, +2.0 points).
     chaining: str = "fresh"
+    # `run.accumulate`: train round r on the kept images of rounds 1..r, not its own only. With a
+    # fresh adapter each round, the sweep's oracle then gains round after round
+    # (`sweep-curriculum-guidance7.5.json`).
+    accumulate: bool = False
 
 
 MI_SETTINGS = {"paper": MISection(),
@@ -169,7 +173,7 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
     actors = 1 if quick else 2
     return load_config(None, [
         f"run.uri={root}/{arm}", f"run.rounds={scale.rounds}", "run.evaluate=true",
-        f"run.chaining={scale.chaining}",
+        f"run.chaining={scale.chaining}", f"run.accumulate={str(scale.accumulate).lower()}",
         f"model.path={model_path}",
         f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
         f"prompts.eval=[shapes:eval:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
@@ -310,6 +314,9 @@ def svg_plot(result: dict) -> str:
     return html if 'xmlns=' in html else html.replace("<svg", '<svg xmlns="http://www.w3.org/2000/svg"', 1)
 
 
+_FLAGS = {"true": True, "false": False}
+
+
 def scale_changes(items: list[str]) -> dict:
     """`["lr=3e-4", ...]` as typed `Scale` field values; a clear error for unknown fields or
     values of the wrong type.
@@ -328,9 +335,10 @@ def scale_changes(items: list[str]) -> dict:
                               f"{', '.join(Scale.__dataclass_fields__)}")
         kind = type(getattr(Scale(), field.name))
         try:
-            value = kind(text.strip())
-        except ValueError:
-            what = {int: "an integer", float: "a number"}.get(kind, "a string")
+            value = _FLAGS[text.strip().lower()] if kind is bool else kind(text.strip())
+        except (KeyError, ValueError):
+            what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind,
+                                                                                   "a string")
             raise MituneError(f"--scale {item!r}: {field.name} takes {what}, "
                               f"not {text.strip()!r}") from None
         if kind in (int, float) and (value < 0 or (value == 0 and field.default != 0)):

@@ -69,13 +69,16 @@ def test_arms_use_the_chosen_mi_estimator(tmp_path):
 def test_scale_changes_reach_the_arm_config(tmp_path):
     scale = Scale(**(asdict(Scale()) | scale_changes(
         ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "loss_weight_cap=100",
-         "min_timestep=500", "chaining=continue"])))
+         "min_timestep=500", "chaining=continue", "accumulate=true"])))
     cfg = _arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
     assert cfg.prompts.train == ["shapes:tune:96"]
     assert (cfg.generate.keep, cfg.train.lr, cfg.train.steps) == (3, 5e-4, Scale().train_steps)
     assert cfg.generate.guidance == 3.0  # evaluation generates with the same section
     assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
-    assert cfg.run.chaining == "continue"
+    assert (cfg.run.chaining, cfg.run.accumulate) == ("continue", True)
+    assert scale_changes(["accumulate=False"]) == {"accumulate": False}
+    assert not _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
+                           ).run.accumulate
     assert _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
                        ).train.loss_weight_cap == 1.0  # plain epsilon MSE by default
     assert scale_changes(["min_timestep=0"]) == {"min_timestep": 0}  # its default, allowed
@@ -84,7 +87,8 @@ def test_scale_changes_reach_the_arm_config(tmp_path):
 @pytest.mark.parametrize("item, words", [
     ("lr", "FIELD=VALUE"), ("speed=3", "FIELD=VALUE"), ("keep=two", "takes an integer"),
     ("train_steps=0", "above 0"), ("mi=best", "one of paper, standard"),
-    ("min_timestep=-1", "above 0 or 0"), ("chaining=merge", "one of fresh, continue")])
+    ("min_timestep=-1", "above 0 or 0"), ("chaining=merge", "one of fresh, continue"),
+    ("accumulate=yes", "takes true or false")])
 def test_bad_scale_changes_are_one_line_errors(item, words):
     with pytest.raises(MituneError) as err:
         scale_changes([item])
