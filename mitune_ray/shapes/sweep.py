@@ -23,6 +23,7 @@ layers (`targets`), weight averaging (`ema`), prompt dropout (`p_uncond`), the c
 guidance, and the data (`data=truth`: rendered ground-truth images of the tuning prompts, the
 most any selection could give it). Each round also reports its fact rates and the gain on the
 tuning prompts themselves. The base model's first-round selection is made once and shared.
+`--control-guidance G` evaluates every version again at guidance G.
 
     python -m mitune_ray.shapes.sweep --json sweep.json               # one GPU, ~4 minutes
     python -m mitune_ray.shapes.sweep --quick --json /tmp/sweep.json  # the machinery, on a CPU
