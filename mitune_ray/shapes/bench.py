@@ -78,12 +78,13 @@ class Scale:
     # (`sweep-cpu-grid.json`) found the model's own samples unlike real images at low noise.
     min_timestep: int = 0
     # `run.chaining`: "fresh" (a new adapter on the base model each round, the reference's) or
-    # "continue" (each round trains the previous round's adapter on). With "fresh" the oracle's
-    # gain does not grow with rounds (`sweep-cpu-arms.json`: +4.3, +5.1, +2.0 points).
+    # "continue" (each round trains the previous round's adapter on). In the sweep on the model
+    # shipped 2026-12-06, "continue" lost the oracle's round-1 gain in round 2 (+8.2, then -0.4
+    # points; `sweep-curriculum-guidance7.5.json`).
     chaining: str = "fresh"
     # `run.accumulate`: train round r on the kept images of rounds 1..r, not its own only. With a
-    # fresh adapter each round, the sweep's oracle then gains round after round
-    # (`sweep-curriculum-guidance7.5.json`).
+    # fresh adapter each round, the same sweep's oracle kept its gain over three rounds (+8.2,
+    # +13.3, +8.4 points); without, on an earlier model, +4.3, +5.1, +2.0 (`sweep-cpu-arms.json`).
     accumulate: bool = False
 
 
