@@ -238,6 +238,12 @@ def eval_fact_rates(store: Store, version: str) -> dict[str, float | None]:
     return fact_rates(_checked(store, f"{version}/eval/selected"))
 
 
+def gain_line(g: dict) -> str:
+    """A `paired_gain` on one line: "0.561 -> 0.643 (gain +0.082 [+0.021, +0.145])"."""
+    return (f"{g['base_rate']:.3f} -> {g['tuned_rate']:.3f} (gain {g['gain']:+.3f} "
+            f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}])")
+
+
 def rates_line(rates: dict) -> str:
     """Fact rates on one line: "object 0.85, size 0.80, ..." ("-": no fact of that kind)."""
     return ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in rates.items())
@@ -293,9 +299,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
             g["facts"] = eval_fact_rates(store, f"round-{r:03d}")
             log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
-                f"held out fully correct {g['base_rate']:.3f} -> "
-                f"{g['tuned_rate']:.3f} (gain {g['gain']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]); "
-                f"facts that hold: {rates_line(g['facts'])}")
+                f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
         out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
                     "seconds": round(time.perf_counter() - start, 1)}
     return out
@@ -315,7 +319,14 @@ def svg_plot(result: dict) -> str:
     return html if 'xmlns=' in html else html.replace("<svg", '<svg xmlns="http://www.w3.org/2000/svg"', 1)
 
 
-_FLAGS = {"true": True, "false": False}
+CHAININGS = get_args(RunSection.model_fields["chaining"].annotation)  # "fresh", "continue"
+
+
+def parse_flag(text: str) -> bool:
+    """"true" or "false", any case; ValueError otherwise (`bool("false")` is True)."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
 
 
 def scale_changes(items: list[str]) -> dict:
@@ -336,8 +347,8 @@ def scale_changes(items: list[str]) -> dict:
                               f"{', '.join(Scale.__dataclass_fields__)}")
         kind = type(getattr(Scale(), field.name))
         try:
-            value = _FLAGS[text.strip().lower()] if kind is bool else kind(text.strip())
-        except (KeyError, ValueError):
+            value = (parse_flag if kind is bool else kind)(text.strip())
+        except ValueError:
             what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind,
                                                                                    "a string")
             raise MituneError(f"--scale {item!r}: {field.name} takes {what}, "
@@ -346,8 +357,7 @@ def scale_changes(items: list[str]) -> dict:
             raise MituneError(f"--scale {item!r}: {field.name} must be above 0"
                               + (" or 0 (its default)" if field.default == 0 else ""))
         choices = {"mi": tuple(MI_SETTINGS), "tune_split": ("tune", "train"),
-                   "chaining": get_args(RunSection.model_fields["chaining"].annotation)
-                   }.get(field.name)
+                   "chaining": CHAININGS}.get(field.name)
         if choices and value not in choices:
             raise MituneError(f"--scale {item!r}: {field.name} is one of {', '.join(choices)}")
         out[field.name] = value

@@ -40,13 +40,13 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import get_args
 
 import numpy as np
 import torch
 
-from mitune_ray.config import GenerateSection, MISection, RunSection, TrainSection
-from mitune_ray.shapes.bench import MI_SETTINGS, paired_gain, rates_line
+from mitune_ray.config import GenerateSection, MISection, TrainSection
+from mitune_ray.shapes.bench import (CHAININGS, MI_SETTINGS, gain_line, paired_gain, parse_flag,
+                                     rates_line)
 
 
 @dataclass(frozen=True)
@@ -376,17 +376,11 @@ class Lab:
                            "kept_fully_correct": quality, **gain, "facts": facts,
                            "tuned_prompts": tuned, "control_guidance": control})
             self.log(f"[sweep] {describe(trial)} round {r}: kept {len(kept)} "
-                     f"({quality:.2f} fully correct); held out {gain['base_rate']:.3f} -> "
-                     f"{gain['tuned_rate']:.3f} (gain {gain['gain']:+.3f} "
-                     f"[{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]); facts {rates_line(facts)}"
-                     + ("" if tuned is None else
-                        f"; tuned prompts {tuned['base_rate']:.3f} -> {tuned['tuned_rate']:.3f} "
-                        f"(gain {tuned['gain']:+.3f} [{tuned['ci'][0]:+.3f}, "
-                        f"{tuned['ci'][1]:+.3f}])")
+                     f"({quality:.2f} fully correct); held out {gain_line(gain)}; "
+                     f"facts {rates_line(facts)}"
+                     + ("" if tuned is None else f"; tuned prompts {gain_line(tuned)}")
                      + ("" if control is None else
-                        f"; at guidance {control['guidance']:g} {control['base_rate']:.3f} -> "
-                        f"{control['tuned_rate']:.3f} (gain {control['gain']:+.3f} "
-                        f"[{control['ci'][0]:+.3f}, {control['ci'][1]:+.3f}])"))
+                        f"; at guidance {control['guidance']:g} {gain_line(control)}"))
             if on_round is not None and r < trial.rounds:
                 on_round({"trial": asdict(trial), "rounds": rounds,
                           "seconds": round(time.perf_counter() - start, 1),
@@ -434,19 +428,13 @@ def _cap(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
-def _flag(text: str) -> bool:
-    if text.lower() not in ("true", "false"):
-        raise ValueError(text)
-    return text.lower() == "true"
-
-
 _GRID_TYPES = {"arm": str, "lr": float, "rounds": int, "tune_prompts": int, "candidates": int,
                "keep": int, "steps": int, "batch": int, "rank": int, "loss_weight_cap": _cap,
                "targets": str, "data": str, "ema": float, "p_uncond": float,
                "guidance": float, "min_t": int, "seed": int, "chaining": str,
-               "accumulate": _flag}
+               "accumulate": parse_flag}
 _CHOICES = {"arm": ARMS, "targets": tuple(TARGETS), "data": DATA,
-            "chaining": get_args(RunSection.model_fields["chaining"].annotation)}
+            "chaining": CHAININGS}
 _BOUNDS = {"lr": (0.0, 1.0), "ema": (0.0, 1.0), "p_uncond": (0.0, 1.0), "guidance": (1.0, 100.0),
            "loss_weight_cap": (1.0, float("inf")), "min_t": (0, 1000),
            "seed": (0, 10**6), **{k: (1, 10**9) for k in (
