@@ -7,7 +7,7 @@
     mitune score --images PATH --out URI [CONFIG] [k=v]
     mitune status RUN_URI
     mitune export RUN_URI --round N DIR
-    mitune eval RUN_URI | mitune report RUN_URI [--out DIR]
+    mitune eval RUN_URI [--guidance G] | mitune report RUN_URI [--out DIR]
     mitune bench [...] | mitune shapes train|bench [...]
 
 Bad input ends with one line on stderr and exit status 2; nothing is committed.
@@ -121,7 +121,7 @@ def cmd_export(args) -> int:
 def cmd_eval(args) -> int:
     from mitune_ray.evaluation import evaluate_run
 
-    evaluate_run(args.run_uri, overrides=args.overrides)
+    evaluate_run(args.run_uri, overrides=args.overrides, guidance=args.guidance)
     return 0
 
 
@@ -164,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("eval", help="score each round's adapter on the evaluation prompts")
     p.add_argument("run_uri")
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="evaluate every version again at this classifier-free guidance, into "
+                        "<version>/eval-guidance-G (default: the run's, into <version>/eval)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("report", help="write a static HTML report of a run")

@@ -303,7 +303,7 @@ def status_text(manifest: dict, uri: str) -> str:
             detail = f"adapter {entry['adapter']}, {res.get('steps', '?')} steps"
             if res.get("final_loss") is not None:
                 detail += f", loss {res.get('initial_loss', float('nan')):.4g} -> {res['final_loss']:.4g}"
-        elif name.endswith("/evaluate"):
+        elif "/evaluate" in name:  # also /evaluate-guidance-G
             summary = entry.get("summary", {})
             metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
                                 for k, v in summary.get("metrics", {}).items())

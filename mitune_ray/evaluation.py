@@ -4,6 +4,9 @@ Every model version draws the same candidates (seeds from the prompt id and cand
 round 0 for all), so base and tuned images of a prompt are paired. Images go to
 `<version>/eval/selected/*.parquet`; per-image metric values to `<version>/eval/scores.parquet`;
 means (overall and per category, e.g. T2I-CompBench's color/shape/...) to `metrics.json`.
+`mitune eval RUN --guidance G` evaluates every version again at classifier-free guidance G, into
+`<version>/eval-guidance-G/` (stages `<version>/evaluate-guidance-G`): whether a gain at the run's
+guidance is better alignment or only a tolerance of that guidance.
 
 Metrics: `mi` (the model's own trajectory MI), `shapes` (the exact ShapesWorld checker),
 `blip_vqa`, `clip_score`, `hps` (from local weights, through the Ray Data scoring stage).
@@ -24,6 +27,15 @@ from mitune_ray.records import to_parquet_bytes
 from mitune_ray.storage import Store
 
 BASE = "eval-base"
+
+
+def guidance_suffix(guidance: float | None) -> str:
+    """The folder and stage suffix of an evaluation at another guidance ("" at the run's own).
+
+        >>> guidance_suffix(5.0), guidance_suffix(7.5), guidance_suffix(None)
+        ('-guidance-5', '-guidance-7.5', '')
+    """
+    return "" if guidance is None else f"-guidance-{guidance:g}"
 
 
 def category_of(source: str) -> str:
@@ -103,8 +115,9 @@ def _summarise(values: dict[str, list[float]], categories: list[str]) -> tuple[d
     return overall, dict(by_cat)
 
 
-def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
-    """Generate and score the evaluation images of one model version (`name`: folder in the run)."""
+def evaluate_version(recipe, name: str, adapters: list[str], *, guidance: float | None = None) -> dict:
+    """Generate and score the evaluation images of one model version (`name`: folder in the run),
+    at the run's guidance or at `guidance` (then into `<name>/eval-guidance-G`)."""
     from mitune_ray.generate import ModelSpec, generate_round
     from mitune_ray.runtime import ensure_ray
 
@@ -119,8 +132,9 @@ def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
     gen = cfg.generate.model_copy(update={"candidates": cfg.eval.candidates,
                                           "keep": cfg.eval.candidates, "gallery_prompts": 0,
                                           "select_by": "mi",
-                                          "prune": cfg.generate.prune.model_copy(update={"enabled": False})})
-    out = recipe.store.child(f"{name}/eval")
+                                          "prune": cfg.generate.prune.model_copy(update={"enabled": False})}
+                                  | ({} if guidance is None else {"guidance": guidance}))
+    out = recipe.store.child(f"{name}/eval{guidance_suffix(guidance)}")
     model = ModelSpec(cfg.model.path, recipe.family.name, cfg.model.dtype, cfg.model.resolution,
                       tuple(adapters), cfg.storage.endpoint_url)
     generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=eval_store,
@@ -140,30 +154,38 @@ def evaluate_version(recipe, name: str, adapters: list[str]) -> dict:
     out.write_bytes("scores.parquet", to_parquet_bytes(scores))
     overall, by_cat = _summarise(values, cats)
     result = {"version": name, "adapters": adapters, "prompts": n, "images": table.num_rows,
-              "metrics": overall, "by_category": by_cat}
+              "guidance": gen.guidance, "metrics": overall, "by_category": by_cat}
     out.write_json("metrics.json", result)
-    recipe.log(f"[{name}/eval] " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items()))
+    recipe.log(f"[{name}/eval{guidance_suffix(guidance)}] "
+               + ", ".join(f"{k} {v:.4g}" for k, v in overall.items()))
     return result
 
 
-def evaluate_round(recipe, r: int, plan) -> dict:
-    """Evaluate the model after round r (and the base model once, first)."""
+def evaluate_round(recipe, r: int, plan, *, guidance: float | None = None) -> dict:
+    """Evaluate the model after round r (and the base model once, first), at the run's guidance
+    or at `guidance`."""
     from mitune_ray.driver import plan_round, round_dir
 
-    base = recipe._stage(f"{BASE}/evaluate", lambda: {"summary": evaluate_version(recipe, BASE, [])})
+    base = recipe._stage(f"{BASE}/evaluate{guidance_suffix(guidance)}", lambda: {
+        "summary": evaluate_version(recipe, BASE, [], guidance=guidance)})
     after = plan_round(recipe.cfg, r + 1, recipe.adapter_uri).generate_adapters
-    result = evaluate_version(recipe, round_dir(r), after)
+    result = evaluate_version(recipe, round_dir(r), after, guidance=guidance)
     delta = {k: result["metrics"][k] - base["summary"]["metrics"].get(k, math.nan)
              for k in result["metrics"]}
     return {"summary": result, "delta_vs_base": delta}
 
 
-def evaluate_run(run_uri: str, *, overrides: list[str] | None = None, log=print) -> dict:
-    """`mitune eval RUN_URI`: evaluate the base model and every trained round of a run."""
+def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
+                 guidance: float | None = None, log=print) -> dict:
+    """`mitune eval RUN_URI`: evaluate the base model and every trained round of a run (those not
+    evaluated yet), at the run's guidance or, with `guidance`, again at that one."""
     from mitune_ray.config import Config, load_config
     from mitune_ray.driver import Recipe, plan_round, round_dir
     from mitune_ray.manifest import MANIFEST
 
+    if guidance is not None and not (isinstance(guidance, (int, float)) and guidance > 0):
+        raise MituneError(f"--guidance {guidance!r}: classifier-free guidance must be above 0 "
+                          "(1: unguided; the run's own is generate.guidance)")
     store = Store(run_uri)
     if not store.exists(MANIFEST):
         raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
@@ -184,8 +206,9 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None, log=print)
         if not trained:
             raise MituneError(f"no round of {run_uri} is trained yet; nothing to evaluate")
         for r in trained:
-            recipe._stage(f"{round_dir(r)}/evaluate",
-                          lambda r=r: evaluate_round(recipe, r, plan_round(cfg, r, recipe.adapter_uri)))
+            recipe._stage(f"{round_dir(r)}/evaluate{guidance_suffix(guidance)}",
+                          lambda r=r: evaluate_round(recipe, r, plan_round(cfg, r, recipe.adapter_uri),
+                                                     guidance=guidance))
         return recipe.manifest.data
     finally:
         recipe.cleanup()

@@ -104,10 +104,15 @@ def test_bad_corpora_fail_with_the_file_and_line_and_commit_no_round(tmp_path):
         assert_nothing_committed(run)
 
 
-def test_status_and_export_of_a_missing_run(tmp_path):
+def test_status_export_and_eval_of_a_missing_run(tmp_path):
     assert_one_line_error(mitune("status", str(tmp_path / "nope"), cwd=tmp_path), "no run at")
     assert_one_line_error(mitune("export", str(tmp_path / "nope"), "--round", "1", "out",
                                  cwd=tmp_path), "no run at")
+    assert_one_line_error(mitune("eval", str(tmp_path / "nope"), cwd=tmp_path), "no run at")
+    for bad in ("0", "-3", "nan"):
+        assert_one_line_error(mitune("eval", str(tmp_path / "nope"), "--guidance", bad,
+                                     cwd=tmp_path), f"--guidance {float(bad)!r}", "above 0")
+    assert not (tmp_path / "nope").exists()
 
 
 def test_missing_bucket_and_wrong_credentials(tmp_path, s3_server, s3_bucket):

@@ -17,6 +17,7 @@
 
     mitune shapes bench                 # 15-25 minutes per arm and round on 2 CPU cores
     mitune shapes bench --rounds 1 --scale train_prompts=96    # any workload setting
+    mitune shapes bench --scale control_guidance=5   # every version evaluated at 5 too
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
@@ -86,6 +87,10 @@ class Scale:
     # fresh adapter each round, the same sweep's oracle kept its gain over three rounds (+8.2,
     # +13.3, +8.4 points); without, on an earlier model, +4.3, +5.1, +2.0 (`sweep-cpu-arms.json`).
     accumulate: bool = False
+    # > 0: also evaluate the base model and every round at this guidance (`mitune eval
+    # --guidance`), each gain over the base at it: is a gain at `guidance` better binding, or a
+    # tolerance of that guidance (as on the 2026-11-27 model, `guidance-control.json`)?
+    control_guidance: float = 0.0
 
 
 MI_SETTINGS = {"paper": MISection(),
@@ -193,8 +198,8 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
                             MI_SETTINGS[scale.mi].model_dump(exclude_defaults=True).items())])
 
 
-def _correct_by_prompt(store: Store, version: str) -> dict[str, float]:
-    table = pq.read_table(store.path(f"{version}/eval/scores.parquet"),
+def _correct_by_prompt(store: Store, version: str, folder: str = "eval") -> dict[str, float]:
+    table = pq.read_table(store.path(f"{version}/{folder}/scores.parquet"),
                           filesystem=store.filesystem, columns=["prompt_id", "shapes_correct"])
     by: dict[str, list[float]] = {}
     for pid, v in zip(table.column("prompt_id").to_pylist(), table.column("shapes_correct").to_pylist()):
@@ -230,12 +235,12 @@ def _checked(store: Store, folder: str) -> list:
         for text, png in zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
 
 
-def eval_fact_rates(store: Store, version: str) -> dict[str, float | None]:
+def eval_fact_rates(store: Store, version: str, folder: str = "eval") -> dict[str, float | None]:
     """Which kinds of fact a version's evaluation images get right (`checker.fact_rates`):
     objects, sizes, relations, and relations where both objects were drawn (chance: ~1/4)."""
     from mitune_ray.shapes.checker import fact_rates
 
-    return fact_rates(_checked(store, f"{version}/eval/selected"))
+    return fact_rates(_checked(store, f"{version}/{folder}/selected"))
 
 
 def gain_line(g: dict) -> str:
@@ -279,14 +284,19 @@ def paired_gain(base: dict[str, float], tuned: dict[str, float], *, n_boot: int 
 
 def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print,
                 arms: tuple[str, ...] = ARMS) -> dict:
-    """Part 2: the full loop for each selection arm; per-round gains over the base model."""
+    """Part 2: the full loop for each selection arm; per-round gains over the base model (also
+    at `scale.control_guidance`, when set)."""
     from mitune_ray.driver import run
+    from mitune_ray.evaluation import evaluate_run, guidance_suffix
 
+    control = scale.control_guidance or None
     out = {}
     for arm in arms:
         start = time.perf_counter()
         cfg = _arm_config(root, arm, model_path, scale, quick)
         run(cfg, log=lambda m: None)
+        if control:
+            evaluate_run(cfg.run.uri, guidance=control, log=lambda m: None)
         store = Store(cfg.run.uri)
         base = _correct_by_prompt(store, "eval-base")
         base_facts = eval_fact_rates(store, "eval-base")
@@ -300,6 +310,14 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
             log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
                 f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
+            if control:
+                folder = f"eval{guidance_suffix(control)}"
+                g["control"] = c = paired_gain(_correct_by_prompt(store, "eval-base", folder),
+                                               _correct_by_prompt(store, f"round-{r:03d}", folder))
+                c["guidance"] = control
+                c["facts"] = eval_fact_rates(store, f"round-{r:03d}", folder)
+                log(f"[mitune] select by {arm}, round {r}, at guidance {control:g}: held out fully "
+                    f"correct {gain_line(c)}; facts that hold: {rates_line(c['facts'])}")
         out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
                     "seconds": round(time.perf_counter() - start, 1)}
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.errors import MituneError
@@ -14,8 +15,8 @@ from tests.runs import dump, run_cli
 
 def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_path):
     out, log = tmp_path / "bench", tmp_path / "bench.log"
-    code = run_cli(["shapes", "bench", "--quick", "--arms", "mi", "--out", str(out)],
-                   cwd=tmp_path, log=log)
+    code = run_cli(["shapes", "bench", "--quick", "--arms", "mi", "--out", str(out),
+                    "--scale", "control_guidance=2"], cwd=tmp_path, log=log)
     assert code == 0, dump(log)
     result = json.loads((out / "shapes-bench.json").read_text())
 
@@ -46,6 +47,17 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     # The run behind the numbers: base and round-1 evaluations by the exact checker.
     for version in ("eval-base", "round-001"):
         assert (out / "mi" / version / "eval" / "scores.parquet").exists()
+    # Every version again at the control guidance, same prompts and seeds, other images.
+    control = gain["control"]
+    assert control["guidance"] == 2.0 and control["prompts"] == gain["prompts"]
+    assert abs(control["gain"] - (control["tuned_rate"] - control["base_rate"])) < 1e-9
+    assert set(control["facts"]) == set(gain["facts"])
+    base_eval = [pq.read_table(out / "mi" / "eval-base" / folder / "scores.parquet")
+                 for folder in ("eval", "eval-guidance-2")]
+    assert base_eval[0].column("seed").to_pylist() == base_eval[1].column("seed").to_pylist()
+    assert json.loads((out / "mi" / "eval-base" / "eval-guidance-2" / "metrics.json").read_text()
+                      )["guidance"] == 2.0
+    assert base_eval[0].column("mi").to_pylist() != base_eval[1].column("mi").to_pylist()
     assert (out / "shapes-bench.svg").read_text().startswith("<svg")
 
 
