@@ -511,10 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup, base = (QUICK_SETUP, QUICK_TRIAL) if args.quick else (Setup(), Trial(arm="checker",
                                                                                  lr=1e-4))
+    low, high = _BOUNDS["guidance"]  # the grid's guidance= values have the same bounds
     for flag, value in (("--guidance", args.guidance),
                         ("--control-guidance", args.control_guidance)):
-        if value is not None and value <= 0:
-            p.error(f"{flag} {value}: must be above 0 (the base model is best at 3-5)")
+        if value is not None and not low <= value < high:
+            p.error(f"{flag} {value}: must be in [{low:g}, {high:g}) (1: unguided; the base "
+                    "model is best at 3-5)")
     if args.guidance is not None:
         setup = replace(setup, guidance=args.guidance)
     if args.control_guidance is not None:

@@ -46,11 +46,12 @@ def test_given_lr_skips_the_oracle_phase(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--guidance", "--control-guidance"])
-def test_a_bad_guidance_is_a_one_line_error(tmp_path, capsys, flag):
+@pytest.mark.parametrize("value", ["0", "0.5", "nan", "1000"])
+def test_a_bad_guidance_is_a_one_line_error(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit:
-        main(["--quick", "--json", str(tmp_path / "s.json"), flag, "0"])
+        main(["--quick", "--json", str(tmp_path / "s.json"), flag, value])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert exit.value.code == 2 and f"{flag} 0.0: must be above 0" in err
+    assert exit.value.code == 2 and f"{flag} {float(value)}: must be in [1, 100)" in err
     assert not (tmp_path / "s.json").exists()
 
 
