@@ -38,6 +38,19 @@ def guidance_suffix(guidance: float | None) -> str:
     return "" if guidance is None else f"-guidance-{guidance:g}"
 
 
+def check_guidance(guidance: float, where: str) -> None:
+    """A classifier-free guidance to evaluate at must be finite and above 0 (1: unguided).
+
+        >>> check_guidance(0.0, "--guidance")
+        Traceback (most recent call last):
+        ...
+        mitune_ray.errors.MituneError: --guidance 0.0: classifier-free guidance must be a finite number above 0 (1: unguided; the run's own is generate.guidance)
+    """
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance > 0):
+        raise MituneError(f"{where} {guidance!r}: classifier-free guidance must be a finite "
+                          "number above 0 (1: unguided; the run's own is generate.guidance)")
+
+
 def category_of(source: str) -> str:
     """T2I-CompBench's category from a prompt file name: '.../color_val.txt' -> 'color'."""
     stem = source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -115,7 +128,8 @@ def _summarise(values: dict[str, list[float]], categories: list[str]) -> tuple[d
     return overall, dict(by_cat)
 
 
-def evaluate_version(recipe, name: str, adapters: list[str], *, guidance: float | None = None) -> dict:
+def evaluate_version(recipe, name: str, adapters: list[str], *,
+                     guidance: float | None = None) -> dict:
     """Generate and score the evaluation images of one model version (`name`: folder in the run),
     at the run's guidance or at `guidance` (then into `<name>/eval-guidance-G`)."""
     from mitune_ray.generate import ModelSpec, generate_round
@@ -183,9 +197,8 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
     from mitune_ray.driver import Recipe, plan_round, round_dir
     from mitune_ray.manifest import MANIFEST
 
-    if guidance is not None and not (isinstance(guidance, (int, float)) and guidance > 0):
-        raise MituneError(f"--guidance {guidance!r}: classifier-free guidance must be above 0 "
-                          "(1: unguided; the run's own is generate.guidance)")
+    if guidance is not None:
+        check_guidance(guidance, "--guidance")
     store = Store(run_uri)
     if not store.exists(MANIFEST):
         raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")

@@ -109,7 +109,7 @@ def test_status_export_and_eval_of_a_missing_run(tmp_path):
     assert_one_line_error(mitune("export", str(tmp_path / "nope"), "--round", "1", "out",
                                  cwd=tmp_path), "no run at")
     assert_one_line_error(mitune("eval", str(tmp_path / "nope"), cwd=tmp_path), "no run at")
-    for bad in ("0", "-3", "nan"):
+    for bad in ("0", "-3", "nan", "inf"):
         assert_one_line_error(mitune("eval", str(tmp_path / "nope"), "--guidance", bad,
                                      cwd=tmp_path), f"--guidance {float(bad)!r}", "above 0")
     assert not (tmp_path / "nope").exists()

@@ -287,9 +287,11 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
     """Part 2: the full loop for each selection arm; per-round gains over the base model (also
     at `scale.control_guidance`, when set)."""
     from mitune_ray.driver import run
-    from mitune_ray.evaluation import evaluate_run, guidance_suffix
+    from mitune_ray.evaluation import check_guidance, evaluate_run, guidance_suffix
 
     control = scale.control_guidance or None
+    if control:  # before hours of runs, not after
+        check_guidance(control, "--scale control_guidance")
     out = {}
     for arm in arms:
         start = time.perf_counter()

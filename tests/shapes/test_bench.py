@@ -105,3 +105,12 @@ def test_bad_scale_changes_are_one_line_errors(item, words):
     with pytest.raises(MituneError) as err:
         scale_changes([item])
     assert words in str(err.value) and item in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_control_guidance_fails_before_any_arm_runs(tmp_path):
+    out, log = tmp_path / "bench", tmp_path / "bench.log"
+    code = run_cli(["shapes", "bench", "--quick", "--skip-agreement", "--out", str(out),
+                    "--scale", "control_guidance=inf"], cwd=tmp_path, log=log)
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith("mitune: error: --scale control_guidance inf"), dump(log)
+    assert "finite number above 0" in lines[-1] and not out.exists()
