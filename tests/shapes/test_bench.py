@@ -89,11 +89,13 @@ def test_scale_changes_reach_the_arm_config(tmp_path):
     assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
     assert (cfg.run.chaining, cfg.run.accumulate) == ("continue", True)
     assert scale_changes(["accumulate=False"]) == {"accumulate": False}
-    assert not _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
-                           ).run.accumulate
-    assert _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False
-                       ).train.loss_weight_cap == 1.0  # plain epsilon MSE by default
-    assert scale_changes(["min_timestep=0"]) == {"min_timestep": 0}  # its default, allowed
+    # The defaults: the recipe that moved the oracle and MI-TUNE on the shipped model.
+    default = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
+    assert (default.run.chaining, default.run.accumulate) == ("fresh", True)
+    assert (default.train.loss_weight_cap, default.train.min_timestep) == (100.0, 700)
+    assert (default.train.steps, default.train.lr, default.generate.guidance) == (600, 2e-4, 7.5)
+    assert scale_changes(["min_timestep=0", "control_guidance=0"]) == {
+        "min_timestep": 0, "control_guidance": 0.0}  # 0: all timesteps; no control
 
 
 @pytest.mark.parametrize("item, words", [
