@@ -83,11 +83,14 @@ def ray_head(tmp_path):
     """A local Ray head started with `ray start`, stopped by its own address (not `ray stop`
     alone, which would stop every cluster on the machine)."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    port, dash = _free_port(), _free_port()
+    # Its own agent port too: the default (52365) is taken if another cluster runs here, and
+    # then `ray job submit` finds "no available agent".
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     temp = f"/tmp/ray-head-{os.getpid()}-{port}"
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=4",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                    f"--dashboard-agent-listen-port={agent}",
                     f"--temp-dir={temp}", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=120)
     address = f"http://127.0.0.1:{dash}"
