@@ -38,6 +38,11 @@ def guidance_suffix(guidance: float | None) -> str:
     return "" if guidance is None else f"-guidance-{guidance:g}"
 
 
+def eval_folder(guidance: float | None = None) -> str:
+    """A version's evaluation folder: "eval" at the run's guidance, "eval-guidance-G" at G."""
+    return f"eval{guidance_suffix(guidance)}"
+
+
 def check_guidance(guidance: float, where: str) -> None:
     """A classifier-free guidance to evaluate at must be finite and above 0 (1: unguided).
 
@@ -148,7 +153,7 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
                                           "select_by": "mi",
                                           "prune": cfg.generate.prune.model_copy(update={"enabled": False})}
                                   | ({} if guidance is None else {"guidance": guidance}))
-    out = recipe.store.child(f"{name}/eval{guidance_suffix(guidance)}")
+    out = recipe.store.child(f"{name}/{eval_folder(guidance)}")
     model = ModelSpec(cfg.model.path, recipe.family.name, cfg.model.dtype, cfg.model.resolution,
                       tuple(adapters), cfg.storage.endpoint_url)
     generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=eval_store,
@@ -170,7 +175,7 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
     result = {"version": name, "adapters": adapters, "prompts": n, "images": table.num_rows,
               "guidance": gen.guidance, "metrics": overall, "by_category": by_cat}
     out.write_json("metrics.json", result)
-    recipe.log(f"[{name}/eval{guidance_suffix(guidance)}] "
+    recipe.log(f"[{name}/{eval_folder(guidance)}] "
                + ", ".join(f"{k} {v:.4g}" for k, v in overall.items()))
     return result
 

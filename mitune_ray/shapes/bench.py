@@ -292,7 +292,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
     """Part 2: the full loop for each selection arm; per-round gains over the base model (also
     at `scale.control_guidance`, when set)."""
     from mitune_ray.driver import run
-    from mitune_ray.evaluation import check_guidance, evaluate_run, guidance_suffix
+    from mitune_ray.evaluation import check_guidance, eval_folder, evaluate_run
 
     control = scale.control_guidance or None
     if control:  # before hours of runs, not after
@@ -318,7 +318,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
                 f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
             if control:
-                folder = f"eval{guidance_suffix(control)}"
+                folder = eval_folder(control)
                 g["control"] = c = paired_gain(_correct_by_prompt(store, "eval-base", folder),
                                                _correct_by_prompt(store, f"round-{r:03d}", folder))
                 c["guidance"] = control
