@@ -23,7 +23,7 @@ from mitune_ray.families import (
 from mitune_ray.imaging import to_uint8
 from mitune_ray.mi import (
     TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, flow_levels,
-    flow_trajectory_weights, renoise_mi, standard_eps_term, velocity_term,
+    flow_trajectory_weights, renoise_mi, velocity_term,
 )
 from mitune_ray.select import top_k
 
@@ -105,11 +105,6 @@ class CandidateSampler:
                 self.scheduler.sigmas.tolist(), sigma_min=mi.sigma_min, reduction=mi.reduction)
             guidance = gen.guidance if mi.velocity == "guided" else None
             self.term = lambda c, u: velocity_term(c, u, guidance=guidance)
-        if mi.form == "standard" and (fam.estimator != "ddpm" or
-                                      self.scheduler.config.prediction_type != "epsilon"):
-            kind = "velocity" if fam.estimator != "ddpm" else self.scheduler.config.prediction_type
-            raise ValueError(f"mi.form=standard needs an epsilon-prediction DDPM model (this one "
-                             f"predicts {kind}); use mi.form=orthogonal")
         self.prune_step = (round(gen.prune.at * len(self.timesteps))
                            if gen.prune.enabled and gen.prune.keep < 1.0 else None)
 
@@ -330,6 +325,5 @@ class CandidateSampler:
                           torch.cat([t, t]).to(self.device), embeds, pooled, ids)
             return out.float().chunk(2)
 
-        target_term = standard_eps_term if self.mi_cfg.form == "standard" else None
         return renoise_mi(predict_pair, z0.to(self.device).float(), table, draws, self.term,
-                          target_term=target_term)
+                          form=self.mi_cfg.form)

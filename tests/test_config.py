@@ -32,7 +32,7 @@ def test_yaml_and_overrides_combine(tmp_path):
     ("model.family=sd4", "config key 'model.family' = \"sd4\""),
     ("run.rounds=-1", "config key 'run.rounds' = -1"),
     ("eval.metrics=[blip_vqa]", "eval.blip_path is not set"),
-    ("mi.form=standard", "mi.form=standard needs mi.estimator=renoise"),
+    ("mi.estimator=trajectory", "for the paper's trajectory estimator set mi.form=orthogonal"),
     ("train.min_timestep=1000", "config key 'train.min_timestep' = 1000"),
 ])
 def test_bad_values_are_one_line_errors_naming_key_and_source(override, expected):

@@ -82,9 +82,9 @@ def secret_looking(env_vars: dict) -> list[str]:
     return sorted(name for name in env_vars if name in CREDENTIAL_ENV or SECRET_LOOKING.search(name))
 
 
-def test_the_four_configs_are_present():
+def test_the_five_configs_are_present():
     assert [p.name for p in JOB_FILES] == [
-        "sd21_base_compbench.yaml", "sd21_base_diffusiondb.yaml",
+        "sd21_base_compbench.yaml", "sd21_base_compbench_paper.yaml", "sd21_base_diffusiondb.yaml",
         "sd35_medium_compbench.yaml", "sdxl_compbench.yaml",
     ]
 
@@ -159,13 +159,25 @@ def test_training_keeps_the_reference_effective_batch(path):
     assert (t.rank, t.zero_stage) == (32, 2)
 
 
-def test_sd21_compbench_uses_the_papers_settings():
-    cfg = load_config(JOBS / "sd21_base_compbench.yaml")
+@pytest.mark.parametrize("name", ["sd21_base_compbench.yaml", "sd21_base_compbench_paper.yaml"])
+def test_sd21_compbench_uses_the_papers_settings(name):
+    cfg = load_config(JOBS / name)
     g, m, t = cfg.generate, cfg.mi, cfg.train
     assert (g.candidates, g.keep, g.steps, g.guidance, g.scheduler) == (50, 1, 100, 7.5, "ddpm")
-    assert (m.estimator, m.t_min) == ("trajectory", 50)
+    assert m.t_min == 50
     assert (t.lr, t.batch_size, t.grad_accum, t.max_grad_norm, t.steps) == (1e-4, 8, 50, 1.0, 300)
     assert cfg.run.rounds >= 2 and cfg.run.chaining == "fresh"
+
+
+def test_jobs_select_by_point_wise_mi_except_the_paper_reproduction():
+    for path in JOB_FILES:
+        m = load_config(path).mi
+        if path.name == "sd21_base_compbench_paper.yaml":  # the paper's selector, exactly
+            assert (m.estimator, m.form, m.kappa, m.reduction) == (
+                "trajectory", "orthogonal", "reference", "mean")
+            assert "reproducing the paper's exact settings" in " ".join(header(path))
+        else:
+            assert (m.estimator, m.form) == ("renoise", "standard"), path.name
 
 
 def test_sd35_uses_the_flow_settings_and_its_own_scheduler():

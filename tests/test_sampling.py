@@ -71,10 +71,13 @@ def test_seeds_differ_by_prompt_round_and_index_unlike_the_reference():
     assert candidate_seed(0, "a", 1, 3) == candidate_seed(0, "a", 1, 3)
 
 
+PAPER = {"estimator": "trajectory", "form": "orthogonal"}  # MI-TUNE's Algorithm 2
+
+
 def test_trajectory_mi_is_larger_when_predictions_differ_through_the_real_sampler(pipes):
     # SD's null condition is the empty prompt's embedding: for the prompt "" the conditional and
     # unconditional predictions coincide exactly, so MI is exactly 0 on every candidate.
-    sampler = make(pipes, "sd")
+    sampler = make(pipes, "sd", mi=PAPER)
     empty, real = sampler.generate([Prompt("e", ""), PROMPTS[0]], round_index=1, decode=False)
     assert empty.mi == [0.0] * 5
     assert min(real.mi) > 0.0
@@ -96,27 +99,35 @@ def test_renoise_estimator_mode_scores_with_standard_errors(pipes, name):
     assert [s.index for s in res.selected] == sorted(range(5), key=lambda i: -res.mi[i])[:2]
 
 
-def test_standard_form_re_noises_with_the_same_draws_and_can_be_negative(pipes):
+@pytest.mark.parametrize("name", FAMILIES)
+def test_standard_form_re_noises_with_the_same_draws_and_can_be_negative(pipes, name):
     renoise = {"estimator": "renoise", "renoise_draws": 6}
-    orthogonal = make(pipes, "sd", mi=renoise).generate(PROMPTS[:1], 1, decode=False)[0]
-    standard = make(pipes, "sd", mi=renoise | {"form": "standard"}).generate(
+    orthogonal = make(pipes, name, mi=renoise | {"form": "orthogonal"}).generate(
         PROMPTS[:1], 1, decode=False)[0]
+    standard = make(pipes, name, mi=renoise).generate(PROMPTS[:1], 1, decode=False)[0]
     assert all(math.isfinite(v) for v in standard.mi) and all(e > 0 for e in standard.mi_stderr)
     assert not np.allclose(orthogonal.mi, standard.mi)
-    assert min(orthogonal.mi) >= 0  # never negative; the standard form may be
-    with pytest.raises(ValueError, match="mi.form=standard needs an epsilon-prediction DDPM"):
-        make(pipes, "sd3", mi=renoise | {"form": "standard"})
+    if name != "sd3":  # the paper's kappa ||eps_c - eps_u||^2 is never negative (RFMI's may be)
+        assert min(orthogonal.mi) >= 0
+    # The empty prompt's conditional prediction is the unconditional one: 0, up to the rounding
+    # of a batch's rows (the conditional and unconditional halves of one denoiser call).
+    empty = make(pipes, "sd", mi=renoise).generate([Prompt("e", "")], 1, decode=False)[0]
+    np.testing.assert_allclose(empty.mi, 0.0, atol=1e-4)
+    assert max(abs(v) for v in standard.mi) > 1e-2
 
 
 def test_guided_velocity_variant_changes_sd3_scores(pipes):
-    paper = make(pipes, "sd3").generate(PROMPTS[:1], 1, decode=False)[0].mi
-    guided = make(pipes, "sd3", mi={"velocity": "guided"}).generate(PROMPTS[:1], 1, decode=False)[0].mi
+    paper = make(pipes, "sd3", mi=PAPER).generate(PROMPTS[:1], 1, decode=False)[0].mi
+    guided = make(pipes, "sd3", mi=PAPER | {"velocity": "guided"}).generate(
+        PROMPTS[:1], 1, decode=False)[0].mi
     assert not np.allclose(paper, guided)
 
 
 def test_pruning_finishes_only_the_best_fraction_and_selects_among_them(pipes):
-    full = make(pipes, "sd", candidates=8, keep=1, max_batch=16).generate(PROMPTS, 1, decode=False)
-    pruned = make(pipes, "sd", candidates=8, keep=1, max_batch=16,
+    # Pruning ranks by the trajectory's MI so far (the paper's form).
+    full = make(pipes, "sd", candidates=8, keep=1, max_batch=16, mi=PAPER).generate(
+        PROMPTS, 1, decode=False)
+    pruned = make(pipes, "sd", candidates=8, keep=1, max_batch=16, mi=PAPER,
                   prune={"enabled": True, "at": 0.5, "keep": 0.5}).generate(PROMPTS, 1, decode=False)
     for f, p in zip(full, pruned):
         finished = [i for i, v in enumerate(p.mi) if not math.isnan(v)]

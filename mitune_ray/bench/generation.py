@@ -68,7 +68,7 @@ def make_sampler(arch: Arch, net: torch.nn.Module, work: Workload, device, dtype
                  *, steps: int | None = None) -> CandidateSampler:
     gen = GenerateSection(candidates=work.candidates, steps=steps or work.steps,
                           guidance=work.guidance, max_batch=work.batch, keep=1)
-    return CandidateSampler(arch.pipe(net), arch.fam, gen, MISection(), device=device, dtype=dtype,
+    return CandidateSampler(arch.pipe(net), arch.fam, gen, MISection.paper(), device=device, dtype=dtype,
                             resolution=arch.resolution)
 
 

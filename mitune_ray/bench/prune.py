@@ -43,7 +43,7 @@ def compare(pipe, fam, texts: list[str], gen: GenerateSection, device, dtype, *,
     runs = {}
     now, clock_name = clock(torch.device(device))
     for name, settings in (("full", full_gen), ("pruned", pruned_gen)):
-        sampler = CandidateSampler(pipe, fam, settings, MISection(), device=device, dtype=dtype)
+        sampler = CandidateSampler(pipe, fam, settings, MISection.paper(), device=device, dtype=dtype)
         t0 = now()
         runs[name] = (sampler.generate(prompts, 1, decode=False), now() - t0, sampler)
     (full, full_s, full_sampler), (pruned, pruned_s, pruned_sampler) = runs["full"], runs["pruned"]

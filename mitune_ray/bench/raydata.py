@@ -46,7 +46,7 @@ def compare(model: str, texts: list[str], gen: GenerateSection, *, actors: list[
     from mitune_ray.sampling import CandidateSampler, Prompt
     from mitune_ray.storage import Store
 
-    mi = MISection()
+    mi = MISection.paper()  # the sampler loop alone, as the figures it is compared with
     spec = ModelSpec(model)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="mitune-bench-ray-"))
     source = tmp / "prompts.txt"

@@ -11,6 +11,12 @@ denoiser's conditional and unconditional predictions:
 A `LevelTable` holds a quadrature over noise levels (a level, its weight, how to noise a clean
 latent to it); the trajectory estimator (`TrajectoryMI`) reads the predictions a CFG sampler
 computes anyway, the re-noising estimator (`renoise_mi`) draws levels for a finished latent.
+
+Two forms of the per-level term. The paper's ("orthogonal") term above equals the MI only in
+expectation over images drawn for the prompt. The point-wise ("standard") form,
+`||target - pred(null)||^2 - ||target - pred(p)||^2` against the re-noising draw's own regression
+target, is `log p(z|p) - log p(z)` for each image, for all three parameterisations (epsilon,
+v, flow): it is the one that ranks a prompt's candidates (docs/estimators.md).
 """
 
 from mitune_ray.mi.discrete import ddpm_levels, ddpm_trajectory_weights, kappa
@@ -20,14 +26,15 @@ from mitune_ray.mi.estimators import (
     TrajectoryMI,
     draw_levels,
     eps_term,
+    regression_target,
     renoise_mi,
-    standard_eps_term,
+    standard_term,
     velocity_term,
 )
 from mitune_ray.mi.flow import flow_levels, flow_trajectory_weights
 
 __all__ = [
     "LevelTable", "RenoiseDraws", "TrajectoryMI", "ddpm_levels", "ddpm_trajectory_weights",
-    "draw_levels", "eps_term", "flow_levels", "flow_trajectory_weights", "kappa", "renoise_mi",
-    "standard_eps_term", "velocity_term",
+    "draw_levels", "eps_term", "flow_levels", "flow_trajectory_weights", "kappa", "regression_target",
+    "renoise_mi", "standard_term", "velocity_term",
 ]

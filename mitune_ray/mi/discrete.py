@@ -103,4 +103,5 @@ def ddpm_levels(
         weights=k[t] / n_train,
         signal=abar.sqrt(),
         noise=(1.0 - abar).sqrt(),
+        prediction=prediction_type,
     )

@@ -16,14 +16,47 @@ def eps_term(cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
     return (cond.float() - uncond.float()).square().flatten(1).sum(1)
 
 
-def standard_eps_term(cond: torch.Tensor, uncond: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """`||eps - uncond||^2 - ||eps - cond||^2` per sample: the re-noising draw's own noise `eps`
-    makes it the point-wise estimate of `log p(z|p) - log p(z)` (the "standard" estimator of Kong
-    et al., ICLR 2024). The paper's `||cond - uncond||^2` (the "orthogonal" one) equals it only in
-    expectation over images drawn for the prompt; point-wise it also rewards an image the prompt's
-    prediction *disagrees* with, and it is never negative."""
-    e = eps.float()
-    return ((e - uncond.float()).square() - (e - cond.float()).square()).flatten(1).sum(1)
+def standard_term(cond: torch.Tensor, uncond: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`||target - uncond||^2 - ||target - cond||^2` per sample, in float32: the point-wise form.
+
+    `target` is what the model regresses on for the re-noising draw that produced its input (the
+    draw's own noise for epsilon-prediction, its v for v-prediction, its velocity for flow; see
+    `regression_target`). Weighted like the paper's term, it is the point-wise estimate of
+    `log p(z|p) - log p(z)` (the "standard" estimator of Kong et al., ICLR 2024). The paper's
+    `||cond - uncond||^2` (their "orthogonal" one) equals it only in expectation over images drawn
+    for the prompt; for one image it is the classifier's squared slope, largest where the image is
+    ambiguous or contradicts the prompt, and never negative.
+
+    Example:
+        >>> standard_term(torch.ones(1, 2), torch.zeros(1, 2), torch.ones(1, 2)).tolist()
+        [2.0]
+    """
+    c, u = cond.float(), uncond.float()
+    # The difference of squares, factored: exactly 0 where cond == uncond, and no cancellation
+    # between two large sums.
+    return ((c - u) * (2.0 * target.float() - c - u)).flatten(1).sum(1)
+
+
+PREDICTIONS = ("epsilon", "v_prediction", "flow")
+
+
+def regression_target(prediction: str, z0: torch.Tensor, eps: torch.Tensor, signal: float,
+                      noise: float) -> torch.Tensor:
+    """What a model of the given parameterisation predicts for `signal * z0 + noise * eps`.
+
+    epsilon: `eps`; v_prediction: `signal * eps - noise * z0`; flow (diffusers' SD3 convention,
+    `x_sigma = (1 - sigma) z0 + sigma eps`): the velocity `eps - z0`. The level tables carry the
+    factor that turns each squared error into epsilon units (`abar_t` for v, and RFMI's
+    `(1 - sigma) / sigma` for flow, which is the same I-MMSE weight), so one `standard_term` serves
+    all three.
+    """
+    if prediction == "epsilon":
+        return eps
+    if prediction == "v_prediction":
+        return signal * eps - noise * z0
+    if prediction == "flow":
+        return eps - z0
+    raise ValueError(f"prediction {prediction!r} is not one of {PREDICTIONS}")
 
 
 def velocity_term(
@@ -37,7 +70,7 @@ def velocity_term(
 
 
 Term = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-TargetTerm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+FORMS = ("standard", "orthogonal")
 
 
 class TrajectoryMI:
@@ -90,13 +123,15 @@ class TrajectoryMI:
 class LevelTable:
     """A quadrature over noise levels: `sum_j weights[j] * term(level_j)` approximates the MI.
 
-    `signal` and `noise` give the forward process `x_level = signal * x_0 + noise * eps`.
+    `signal` and `noise` give the forward process `x_level = signal * x_0 + noise * eps`;
+    `prediction` is what the model predicts there (`PREDICTIONS`), for the point-wise form.
     """
 
     levels: torch.Tensor
     weights: torch.Tensor
     signal: torch.Tensor
     noise: torch.Tensor
+    prediction: str = "epsilon"
 
     @property
     def total_weight(self) -> float:
@@ -142,15 +177,19 @@ Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def renoise_mi(
     predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
-    *, target_term: TargetTerm | None = None,
+    *, form: str = "standard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MI of finished latents `z0` (B, ...) by re-noising them with the shared `draws`.
 
     `predict(z_levels, levels)` returns the (conditional, unconditional) predictions for a batch of
-    noised latents at the given levels (a row each). Returns the mean over draws and its standard
-    error, per latent. Draws are evaluated one at a time over the whole batch. `target_term`
-    (e.g. `standard_eps_term`), when given, replaces `term` and also receives the draw's noise.
+    noised latents at the given levels (a row each). `form="standard"` scores each draw by
+    `standard_term` against the draw's own regression target: the point-wise MI of each latent.
+    `form="orthogonal"` scores it by `term` (the paper's `||eps_c - eps_u||^2`, or RFMI's
+    velocity term). Returns the mean over draws and its standard error, per latent. Draws are
+    evaluated one at a time over the whole batch.
     """
+    if form not in FORMS:
+        raise ValueError(f"MI form {form!r} is not one of {FORMS}")
     per_draw = []
     for j in range(len(draws.index)):
         row = int(draws.index[j])
@@ -159,7 +198,11 @@ def renoise_mi(
         z_level = signal * z0 + noise * eps
         levels = torch.full((z0.shape[0],), float(table.levels[row]), device=z0.device)
         cond, uncond = predict(z_level, levels)
-        value = term(cond, uncond) if target_term is None else target_term(cond, uncond, eps)
+        if form == "standard":
+            target = regression_target(table.prediction, z0, eps, signal, noise)
+            value = standard_term(cond, uncond, target)
+        else:
+            value = term(cond, uncond)
         per_draw.append(float(draws.scale[j]) * value)
     values = torch.stack(per_draw)  # (K, B)
     k = values.shape[0]

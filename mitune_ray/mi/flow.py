@@ -60,5 +60,6 @@ def flow_levels(*, sigma_min: float = 0.05, n_levels: int = 1000) -> LevelTable:
     sigma = 0.5 * (edges[1:] + edges[:-1])
     width = edges[1:] - edges[:-1]
     return LevelTable(
-        levels=sigma, weights=(1.0 - sigma) / sigma * width, signal=1.0 - sigma, noise=sigma
+        levels=sigma, weights=(1.0 - sigma) / sigma * width, signal=1.0 - sigma, noise=sigma,
+        prediction="flow",
     )

@@ -98,7 +98,7 @@ class Scale:
     control_guidance: float = 5.0
 
 
-MI_SETTINGS = {"paper": MISection(),
+MI_SETTINGS = {"paper": MISection.paper(),
                "standard": MISection(estimator="renoise", renoise_draws=16, form="standard")}
 
 
@@ -117,10 +117,11 @@ def background_noise(image: np.ndarray) -> float:
 
 def _variants(scale: Scale) -> dict[str, MISection]:
     return {
-        "trajectory t>50 (paper)": MISection(),
-        "trajectory t>0": MISection(t_min=0),
-        "trajectory t>300 (high noise)": MISection(t_min=300),
-        "renoise K=16 (final latent)": MISection(estimator="renoise", renoise_draws=16),
+        "trajectory t>50 (paper)": MISection.paper(),
+        "trajectory t>0": MISection.paper(t_min=0),
+        "trajectory t>300 (high noise)": MISection.paper(t_min=300),
+        "renoise K=16 (final latent)": MISection(estimator="renoise", renoise_draws=16,
+                                                 form="orthogonal"),
         "renoise K=16, standard form": MI_SETTINGS["standard"],
     }
 

@@ -194,7 +194,7 @@ class Lab:
                               guidance=guidance or self.setup.guidance,
                               max_batch=self.setup.max_batch)
         # The trajectory estimator costs nothing extra; evaluation reads no MI.
-        results = self._sampler(gen, MISection()).generate(prompts or self.eval, 0)
+        results = self._sampler(gen, MISection.paper()).generate(prompts or self.eval, 0)
         checks = {r.prompt.prompt_id: [check(r.prompt.text, s.image) for s in r.selected]
                   for r in results}
         correct = {pid: float(np.mean([c.all_correct for c in cs])) for pid, cs in checks.items()}
@@ -219,7 +219,7 @@ class Lab:
                               guidance=trial.guidance or self.setup.guidance,
                               max_batch=self.setup.max_batch, select_by=trial.arm)
         # Only the MI arm reads MI: the others take the trajectory estimator, which costs nothing.
-        mi = MI_SETTINGS["standard"] if trial.arm == "mi" else MISection()
+        mi = MI_SETTINGS["standard"] if trial.arm == "mi" else MISection.paper()
         results = self._sampler(gen, mi).generate(prompts, round_index)
         kept = [s for r in results for s in r.selected]
         correct = [check(r.prompt.text, s.image).all_correct for r in results for s in r.selected]
