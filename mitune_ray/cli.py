@@ -8,6 +8,7 @@
     mitune status RUN_URI
     mitune export RUN_URI --round N DIR
     mitune eval RUN_URI [--guidance G] | mitune report RUN_URI [--out DIR]
+    mitune prompts list|dir                      the bundled prompt lists: names / folder
     mitune bench [...] | mitune shapes train|bench [...]
 
 Bad input ends with one line on stderr and exit status 2; nothing is committed.
@@ -132,6 +133,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_prompts(args) -> int:
+    from mitune_ray.prompts import BUNDLED_PROMPTS, bundled_prompt_names
+
+    print(BUNDLED_PROMPTS if args.action == "dir" else "\n".join(bundled_prompt_names()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mitune", description="MI-TUNE on Ray: self-supervised "
                                   "text-to-image alignment by point-wise mutual information.")
@@ -173,6 +181,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_uri")
     p.add_argument("--out", default=None, help="folder (default: <run>/report)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("prompts", help="the prompt lists shipped in the package: their "
+                       "bundled:CORPUS/NAME sources (list) or their folder (dir)")
+    p.add_argument("action", choices=["list", "dir"])
+    p.set_defaults(fn=cmd_prompts)
     sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
     sub.add_parser("shapes", add_help=False,
                    help="ShapesWorld: train the bundled model, or benchmark MI-TUNE (train|bench)")

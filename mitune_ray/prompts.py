@@ -1,5 +1,10 @@
-"""Prompt corpora: read T2I-CompBench / plain `.txt`, `.jsonl` and DiffusionDB `.parquet` prompt
-lists (local or `s3://`), clean them, and write them as fixed-size parquet shards with a report.
+"""Prompt corpora: read T2I-CompBench / plain `.txt`, `.jsonl`, PartiPrompts-style `.tsv` and
+DiffusionDB `.parquet` prompt lists (local, `s3://`, or shipped in the package as
+`bundled:CORPUS/NAME`), clean them, and write them as fixed-size parquet shards with a report.
+
+The bundled lists live in `mitune_ray/assets/prompts/CORPUS/` beside their licences:
+`bundled:t2i-compbench/color_train` is that folder's `t2i-compbench/color_train.txt`;
+`bundled_prompt_names()` (or `mitune prompts list`) names them all.
 
 Every source is streamed (text line by line in binary, parquet in batches of its `prompt` column),
 so a 14M-row DiffusionDB metadata file never sits in memory; only the 64-bit ids of the kept
@@ -19,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import json
@@ -27,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,7 +44,9 @@ from mitune_ray.storage import Store, is_s3
 
 PARQUET_BATCH_ROWS = 8192  # prompts per streamed parquet batch: bounded memory, few Python calls
 TEXT_BUFFER_BYTES = 1 << 20  # one S3 GET per MiB of text rather than per line
-SUFFIXES = (".txt", ".jsonl", ".parquet")
+SUFFIXES = (".txt", ".jsonl", ".parquet", ".tsv")
+BUNDLED_PREFIX = "bundled:"  # "bundled:t2i-compbench/color_train" -> a list shipped in the package
+BUNDLED_PROMPTS = Path(__file__).resolve().parent / "assets" / "prompts"
 SHARD_SCHEMA = pa.schema([
     ("prompt_id", pa.string()), ("prompt", pa.string()), ("split", pa.string()),
     ("truncated", pa.bool_()), ("source", pa.string()), ("line", pa.int64()),
@@ -92,11 +101,60 @@ def _where(source: str, number: int) -> str:
     return f"{source} row {number}" if source.endswith(".parquet") else f"{source} line {number}"
 
 
-def _locate(source: str, endpoint_url: str | None) -> tuple[Store, str]:
+def _bundled_files() -> dict[str, Path]:
+    """"CORPUS/NAME" -> the packaged prompt list (licences and READMEs are not prompt lists)."""
+    return {f"{path.parent.name}/{path.stem}": path for path in sorted(BUNDLED_PROMPTS.glob("*/*"))
+            if path.suffix in SUFFIXES and path.is_file() and not path.name.startswith("LICENSE")}
+
+
+def bundled_prompt_names() -> list[str]:
+    """Every prompt list shipped in the package, as the source that reads it.
+
+    Example:
+        >>> [n for n in bundled_prompt_names() if n.startswith("bundled:t2i-compbench/color")][:2]
+        ['bundled:t2i-compbench/color', 'bundled:t2i-compbench/color_train']
+    """
+    return [BUNDLED_PREFIX + name for name in _bundled_files()]
+
+
+def resolve_bundled(source: str, origin: str = "prompts.train / prompts.eval") -> Path:
+    """The packaged file of a `bundled:CORPUS/NAME` source; `origin` (the config key it came
+    from) goes into the error. Names are looked up, never joined into a path.
+
+    Example:
+        >>> resolve_bundled("bundled:t2i-compbench/color_train").name
+        'color_train.txt'
+    """
+    name = source[len(BUNDLED_PREFIX):]
+    files = _bundled_files()
+    if name in files:
+        return files[name]
+    if not files:
+        raise MituneError(f"prompt source {source!r} ({origin}): no bundled prompt lists in "
+                          f"{BUNDLED_PROMPTS}; reinstall mitune_ray")
+    close = difflib.get_close_matches(name, list(files), n=1)
+    hint = f"did you mean {BUNDLED_PREFIX}{close[0]}? " if close else ""
+    corpus = name.split("/", 1)[0]
+    corpora = sorted({n.split("/", 1)[0] for n in files})
+    if "/" in name and corpus in corpora:
+        names = ", ".join(n.split("/", 1)[1] for n in files if n.startswith(corpus + "/"))
+        where = f"{corpus} has {names}"
+    else:
+        where = f"write {BUNDLED_PREFIX}CORPUS/NAME with CORPUS one of {', '.join(corpora)}"
+    raise MituneError(f"prompt source {source!r} ({origin}) names no bundled prompt list; {hint}"
+                      f"{where} ('mitune prompts list' shows every name)")
+
+
+def _locate(source: str, endpoint_url: str | None,
+            origin: str = "prompts.train / prompts.eval") -> tuple[Store, str]:
     """A Store for the source's folder and the file's name in it; missing files fail here."""
+    if source.startswith(BUNDLED_PREFIX):
+        path = resolve_bundled(source, origin)
+        return Store(str(path.parent)), path.name
     if not source.endswith(SUFFIXES):
         raise MituneError(f"prompt source {source!r} has an unsupported suffix; "
-                          f"use one of {', '.join(SUFFIXES)} (T2I-CompBench lists are .txt)")
+                          f"use one of {', '.join(SUFFIXES)} (T2I-CompBench lists are .txt), or "
+                          f"{BUNDLED_PREFIX}CORPUS/NAME for a list shipped in the package")
     if is_s3(source):
         folder, _, name = source[len("s3://"):].rpartition("/")
         if not folder:
@@ -107,7 +165,7 @@ def _locate(source: str, endpoint_url: str | None) -> tuple[Store, str]:
         store, name = Store(os.path.dirname(path)), os.path.basename(path)
     if not store.exists(name):
         raise MituneError(f"prompt source {source!r} does not exist; "
-                          "fix the path in prompts.train / prompts.eval or create the file")
+                          f"fix the path in {origin} or create the file")
     return store, name
 
 
@@ -173,6 +231,28 @@ def _check_text(text: str) -> str | BadLine:
     return text
 
 
+def _read_tsv(source: str, store: Store, name: str) -> Iterator[Row]:
+    """A tab-separated table with a header row (PartiPrompts.tsv): the prompt is the column named
+    "Prompt" (any case). Fields are split on tabs only; quotes are part of the text."""
+    lines = _text_lines(store, name)
+    first = next(lines, None)
+    if first is None:
+        return  # an empty file: prepare_corpus reports that no prompts were read
+    head = _decode(first[1])
+    columns = [c.strip() for c in head.split("\t")] if isinstance(head, str) else []
+    if "prompt" not in [c.lower() for c in columns]:
+        raise MituneError(f"{source} line 1 names no 'Prompt' column (it has {columns}); start a "
+                          ".tsv with a header row of tab-separated column names, one of them Prompt")
+    column = [c.lower() for c in columns].index("prompt")
+    for number, line in lines:
+        text = _decode(line)
+        if isinstance(text, BadLine):
+            yield source, number, text
+            continue
+        fields = text.split("\t")
+        yield source, number, fields[column] if column < len(fields) else ""
+
+
 def _read_parquet(source: str, store: Store, name: str, batch_size: int) -> Iterator[Row]:
     with store.filesystem.open_input_file(store.path(name)) as f:
         pf = pq.ParquetFile(f)
@@ -195,7 +275,9 @@ def _read_parquet(source: str, store: Store, name: str, batch_size: int) -> Iter
 
 def read_prompts(source: str, *, endpoint_url: str | None = None,
                  batch_size: int = PARQUET_BATCH_ROWS) -> Iterator[Row]:
-    """Stream the raw prompts of one source, by its suffix: `.txt`, `.jsonl` or `.parquet`.
+    """Stream the raw prompts of one source, by its file's suffix: `.txt`, `.jsonl`, `.tsv` (with
+    a header row naming a Prompt column) or `.parquet`; `bundled:CORPUS/NAME` reads a list shipped
+    in the package.
 
     Yields `(source, number, text)`: `number` is the 1-based line of a text file or the 0-based
     row of a parquet file; `text` is not yet normalised, or a `BadLine` for a line that is not
@@ -204,12 +286,16 @@ def read_prompts(source: str, *, endpoint_url: str | None = None,
     Example:
         >>> next(read_prompts("color_val.txt"))
         ('color_val.txt', 1, 'a green bench and a blue bowl')
+        >>> next(read_prompts("bundled:t2i-compbench/color_val"))
+        ('bundled:t2i-compbench/color_val', 1, 'a green bench and a blue bowl')
     """
     store, name = _locate(source, endpoint_url)
-    if source.endswith(".parquet"):
+    if name.endswith(".parquet"):
         return _read_parquet(source, store, name, batch_size)
-    if source.endswith(".jsonl"):
+    if name.endswith(".jsonl"):
         return _read_jsonl(source, store, name)
+    if name.endswith(".tsv"):
+        return _read_tsv(source, store, name)
     return _read_txt(source, store, name)
 
 
@@ -301,7 +387,8 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
     corpus. Stale shards of an earlier, larger run are removed.
 
     Args:
-        sources: local paths or s3://bucket/key URIs of .txt, .jsonl or .parquet prompt lists.
+        sources: local paths or s3://bucket/key URIs of .txt, .jsonl, .tsv or .parquet prompt
+            lists, or bundled:CORPUS/NAME for a list shipped in the package.
         out: where the corpus goes.
         settings: the `prompts` config section (val_fraction, max_prompts, on_undecodable,
             shard_size).
@@ -321,8 +408,9 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
     if not sources:
         raise MituneError("no prompt sources were given; list prompt files in prompts.train "
                           "(or prompts.eval for evaluation)")
+    origin = f"prompts.{split_name}" if split_name else "prompts.train"  # for error messages
     for source in sources:  # every missing file is reported before any work is done
-        _locate(source, endpoint_url)
+        _locate(source, endpoint_url, origin)
     counts: Counter = Counter()
     shards: list[str] = []
     rows: list[tuple[str, str, str, str, int]] = []

@@ -17,15 +17,16 @@ import pytest
 from mitune_ray.config import PromptsSection
 from mitune_ray.errors import MituneError
 from mitune_ray.prompts import (
-    BadLine, normalize_prompt, prepare_corpus, prompt_id, read_prompt_shard, read_prompts, split_of,
+    BUNDLED_PROMPTS, BadLine, bundled_prompt_names, normalize_prompt, prepare_corpus, prompt_id,
+    read_prompt_shard, read_prompts, resolve_bundled, split_of,
 )
 from mitune_ray.storage import Store
 
-DATA = Path("/work/shared/data")
+# The corpora shipped in the package (mitune_ray/assets/prompts): always present, never skipped.
+DATA = Path(__file__).resolve().parents[1] / "mitune_ray" / "assets" / "prompts"
 COMPBENCH = DATA / "t2i-compbench"
 REFL_JSON = DATA / "diffusiondb" / "imagereward_refl_prompts.json"
-needs_data = pytest.mark.skipif(not COMPBENCH.is_dir() or not REFL_JSON.is_file(),
-                                reason="shared prompt data not present")
+PARTI = DATA / "partiprompts" / "PartiPrompts.tsv"
 
 
 def sha16(text: str) -> str:
@@ -48,7 +49,6 @@ def settings(**kw) -> PromptsSection:
 
 # --- the real T2I-CompBench lists -------------------------------------------------------------
 
-@needs_data
 def test_compbench_color_val_crlf_without_final_newline(tmp_path):
     raw = (COMPBENCH / "color_val.txt").read_bytes()
     # Independent count: newlines, plus one for the last line that has none.
@@ -70,7 +70,6 @@ def test_compbench_color_val_crlf_without_final_newline(tmp_path):
     assert [i for i, _, _ in got] == [sha16(p) for p in expected]  # stable: sha256 of the text
 
 
-@needs_data
 def test_compbench_color_train_duplicates_and_lf_files(tmp_path):
     lines = (COMPBENCH / "color_train.txt").read_text().splitlines()
     first_seen = list(dict.fromkeys(lines))
@@ -100,6 +99,109 @@ def test_txt_tab_fields_bom_and_whitespace(tmp_path):
     assert pq.read_table(out.path(report.shards[0]), columns=["line"])["line"].to_pylist() == [1, 2, 5]
 
 
+# --- bundled corpora (bundled:CORPUS/NAME) and .tsv tables ----------------------------------------
+
+def test_bundled_folder_is_the_repositorys():
+    assert BUNDLED_PROMPTS == DATA.resolve()
+    assert sorted(p.name for p in DATA.iterdir() if p.is_dir()) == ["diffusiondb", "partiprompts",
+                                                                    "t2i-compbench"]
+    for corpus in ("diffusiondb", "partiprompts", "t2i-compbench"):  # provenance beside the data
+        assert (DATA / corpus / "README.md").is_file() and list((DATA / corpus).glob("LICENSE*"))
+
+
+def test_bundled_names_cover_every_prompt_list_once():
+    names = bundled_prompt_names()
+    # Independently: every .txt / .tsv of the folders but the licences, named without the suffix.
+    files = sorted(p for p in DATA.glob("*/*") if p.suffix in (".txt", ".tsv")
+                   and not p.name.startswith("LICENSE"))
+    assert names == [f"bundled:{p.parent.name}/{p.stem}" for p in files]
+    assert len(set(names)) == len(names) == 40
+    assert {"bundled:t2i-compbench/color_train", "bundled:t2i-compbench/complex_val",
+            "bundled:partiprompts/PartiPrompts",
+            "bundled:diffusiondb/imagereward_benchmark_prompts"} <= set(names)
+    assert [resolve_bundled(n) for n in names] == [p.resolve() for p in files]
+    assert resolve_bundled("bundled:t2i-compbench/color_train") == (COMPBENCH / "color_train.txt").resolve()
+
+
+def test_bundled_source_reads_the_packaged_file_and_is_recorded_by_name(tmp_path):
+    by_name = list(read_prompts("bundled:t2i-compbench/color_val"))
+    by_path = list(read_prompts(str(COMPBENCH / "color_val.txt")))
+    assert [(n, t) for _, n, t in by_name] == [(n, t) for _, n, t in by_path] and len(by_name) == 300
+    assert {s for s, _, _ in by_name} == {"bundled:t2i-compbench/color_val"}
+
+    out = Store(str(tmp_path / "o"))
+    sources = ["bundled:t2i-compbench/color_val", "bundled:diffusiondb/imagereward_benchmark_prompts"]
+    report = prepare_corpus(sources, out, split_name="eval", settings=settings(shard_size=1000))
+    assert (report.read, report.kept) == (400, 400) and report.sources == tuple(sources)
+    table = pq.read_table(out.path(report.shards[0]), columns=["source", "line"])
+    assert table["source"].to_pylist()[299:301] == sources  # no machine path in the corpus
+    assert table["line"].to_pylist()[299:301] == [300, 1]
+
+
+def test_bundled_partiprompts_tsv_reads_the_prompt_column(tmp_path):
+    raw = PARTI.read_text(encoding="utf-8").split("\n")
+    assert raw[0].split("\t") == ["Prompt", "Category", "Challenge", "Note"] and raw[-1] == ""
+    want = [line.split("\t")[0] for line in raw[1:-1]]  # independent: first field, header skipped
+    assert len(want) == 1632
+    rows = list(read_prompts("bundled:partiprompts/PartiPrompts"))
+    assert [t for _, _, t in rows] == want and [n for _, n, _ in rows] == list(range(2, 1634))
+    assert any('"' in t for t in want)  # quotes are text, not TSV quoting
+    report = prepare_corpus(["bundled:partiprompts/PartiPrompts"], Store(str(tmp_path / "o")),
+                            settings=settings())
+    assert report.read == 1632 and report.kept == len(dict.fromkeys(normalize_prompt(t) for t in want))
+
+
+def test_tsv_prompt_column_by_header_and_errors(tmp_path):
+    src = write(tmp_path, "p.tsv", b"id\tPROMPT\tnote\r\n1\ta red car\tx\r\n2\r\n3\t  a blue  bowl\t\r\n")
+    assert [(n, t) for _, n, t in read_prompts(src)] == [(2, "a red car"), (3, ""), (4, "  a blue  bowl")]
+    report = prepare_corpus([src], Store(str(tmp_path / "o")), settings=settings())
+    assert (report.read, report.empty, report.kept) == (3, 1, 2)
+
+    headless = write(tmp_path, "h.tsv", b"a red car\tcolor\n")
+    with pytest.raises(MituneError) as err:
+        list(read_prompts(headless))
+    message = str(err.value)
+    assert "\n" not in message and f"{headless} line 1 names no 'Prompt' column" in message
+    assert "['a red car', 'color']" in message and "header row" in message
+    empty = write(tmp_path, "e.tsv", b"")
+    with pytest.raises(MituneError, match=r"no prompts in .*e\.tsv \(read 0"):
+        prepare_corpus([empty], Store(str(tmp_path / "o2")), settings=settings())
+
+
+@pytest.mark.parametrize("source,origin,fix", [
+    ("bundled:t2i-compbench/colour_train", "prompts.train",
+     "did you mean bundled:t2i-compbench/color_train? t2i-compbench has 3d_spatial, 3d_spatial_train,"),
+    ("bundled:t2i-compbench/color_train.txt", "prompts.eval",
+     "did you mean bundled:t2i-compbench/color_train? t2i-compbench has"),
+    ("bundled:compbench/color_train", "prompts.train",
+     "write bundled:CORPUS/NAME with CORPUS one of diffusiondb, partiprompts, t2i-compbench"),
+    ("bundled:../../../etc/passwd", "prompts.eval",
+     "write bundled:CORPUS/NAME with CORPUS one of diffusiondb, partiprompts, t2i-compbench"),
+    ("bundled:t2i-compbench/LICENSE", "prompts.train", "t2i-compbench has 3d_spatial"),
+    ("bundled:", "prompts.train", "write bundled:CORPUS/NAME"),
+], ids=["typo", "suffix", "corpus", "traversal", "licence", "empty"])
+def test_bad_bundled_name_is_one_line_error(tmp_path, source, origin, fix):
+    out = Store(str(tmp_path / "o"))
+    good = "bundled:t2i-compbench/color_val"
+    with pytest.raises(MituneError) as err:
+        prepare_corpus([good, source], out, settings=settings(),
+                       split_name="eval" if origin == "prompts.eval" else None)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"prompt source {source!r} ({origin}) names no bundled prompt list; ")
+    assert fix in message and message.endswith("('mitune prompts list' shows every name)")
+    assert out.list() == []  # checked before anything is written
+
+
+def test_cli_prompts_list_and_dir(capsys):
+    from mitune_ray.cli import main
+
+    assert main(["prompts", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == bundled_prompt_names()
+    assert main(["prompts", "dir"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == BUNDLED_PROMPTS
+
+
 # --- DiffusionDB metadata parquet ---------------------------------------------------------------
 
 def diffusiondb_parquet(path: Path, texts: list[str | None]) -> str:
@@ -122,7 +224,6 @@ def diffusiondb_parquet(path: Path, texts: list[str | None]) -> str:
     return str(path)
 
 
-@needs_data
 def test_diffusiondb_parquet_streamed_prompt_column_only(tmp_path, monkeypatch):
     texts = [r["text"] for r in json.loads(REFL_JSON.read_text())]
     assert len(texts) == 10_000
@@ -288,7 +389,6 @@ def test_prompt_id_and_normalize():
     assert split_of(f"{edge - 1:016x}", 0.05) == "val" and split_of(f"{edge:016x}", 0.05) == "train"
 
 
-@needs_data
 def test_split_deterministic_disjoint_and_corpus_independent(tmp_path):
     sources = [str(COMPBENCH / f"{c}_train.txt") for c in ("color", "shape", "texture")]
     a, b = Store(str(tmp_path / "a")), Store(str(tmp_path / "b"))
@@ -311,7 +411,6 @@ def test_split_deterministic_disjoint_and_corpus_independent(tmp_path):
     assert dict((p, s) for _, p, s in corpus_rows(Store(str(tmp_path / "c")), rc))[some_val] == "val"
 
 
-@needs_data
 def test_rerun_in_place_identical_and_stale_shards_removed(tmp_path):
     src = [str(COMPBENCH / "spatial_train.txt")]
     out = Store(str(tmp_path / "o"))
@@ -328,7 +427,6 @@ def test_rerun_in_place_identical_and_stale_shards_removed(tmp_path):
     assert stored["settings"] == {"val_fraction": 0.0, "max_prompts": None, "max_tokens": None}
 
 
-@needs_data
 def test_max_prompts_first_train_prompts_in_order(tmp_path):
     src = str(COMPBENCH / "complex_train.txt")
     lines = list(dict.fromkeys((COMPBENCH / "complex_train.txt").read_text().splitlines()))
@@ -344,7 +442,6 @@ def test_max_prompts_first_train_prompts_in_order(tmp_path):
                                 "stopped at max_prompts")
 
 
-@needs_data
 def test_eval_split_marks_all_rows_and_is_not_capped(tmp_path):
     out = Store(str(tmp_path / "o"))
     report = prepare_corpus([str(COMPBENCH / "color_val.txt")], out, split_name="eval",
@@ -356,7 +453,6 @@ def test_eval_split_marks_all_rows_and_is_not_capped(tmp_path):
 
 # --- S3 (SeaweedFS, from tests/conftest.py) ----------------------------------------------------
 
-@needs_data
 def test_s3_sources_and_output(s3_server, s3_bucket, tmp_path):
     inputs = Store(f"s3://{s3_bucket}/inputs", endpoint_url=s3_server.endpoint)
     inputs.write_bytes("color_val.txt", (COMPBENCH / "color_val.txt").read_bytes())
