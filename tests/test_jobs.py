@@ -5,19 +5,21 @@ entrypoint and a runtime env that holds no credentials.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mitune_ray.config import load_config
+from mitune_ray.prompts import BUNDLED_PREFIX, BUNDLED_PROMPTS, bundled_prompt_names, resolve_bundled
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
 
 # Names that must never travel in a runtime env: Ray stores it in plain text and shows it in the dashboard.
@@ -25,6 +27,8 @@ CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOK
 SECRET_LOOKING = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|PRIVATE_KEY", re.IGNORECASE)
 # The reference's effective batch (per-worker micro-batch x accumulation x workers) per family.
 EFFECTIVE_BATCH = {"sd": 8 * 50, "sdxl": 8 * 50, "sd3": 8 * 5 * 6}
+# The six categories of the paper's table, in its order.
+COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def test_config_loads_with_placeholder_locations(path):
     assert cfg.model.family in ("sd", "sdxl", "sd3")  # explicit, so a wrong folder fails fast
     assert cfg.prompts.train and cfg.prompts.eval
     for source in cfg.prompts.train + cfg.prompts.eval:
-        assert source.startswith("s3://YOUR-BUCKET/data/"), source
+        assert source.startswith(("s3://YOUR-BUCKET/data/", BUNDLED_PREFIX)), source
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
@@ -197,17 +201,28 @@ def test_diffusiondb_config_scales_out():
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
-def test_prompt_files_match_the_upload_instructions(path):
-    """Every .txt the config reads exists in the shared data folder that its header uploads."""
-    assert SHARED_DATA.is_dir(), f"{SHARED_DATA} is missing: the shared folder must sit beside the repo"
+def test_prompt_sources_are_bundled_or_uploaded_as_the_header_says(path):
+    """A bundled:CORPUS/NAME source is a file of the repository that the package ships (package
+    data, beside its README and licence); an s3:// source is uploaded by a command in the header.
+    Nothing is read from outside the repository."""
     cfg = load_config(path)
     text = "\n".join(header(path))
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "../" not in path.read_text(), f"{path.name} points outside the repository"
     for source in cfg.prompts.train + cfg.prompts.eval:
-        if source.endswith(".parquet"):
-            continue  # DiffusionDB's 2M-row metadata is fetched once, outside the repo
-        corpus, name = source.split("/")[-2:]
-        assert (SHARED_DATA / corpus / name).is_file(), f"{path.name}: {source} has no local copy"
-        assert f"../shared/data/{corpus}" in text, f"{path.name}: the header does not upload {corpus}"
-    if "t2i-compbench" in text:
-        assert all(s.endswith("_train.txt") for s in cfg.prompts.train)
-        assert all(s.endswith("_val.txt") for s in cfg.prompts.eval)
+        if source.startswith(BUNDLED_PREFIX):
+            assert source in bundled_prompt_names()
+            file = resolve_bundled(source)
+            in_repo = REPO / "mitune_ray" / "assets" / "prompts" / file.relative_to(BUNDLED_PROMPTS)
+            assert in_repo.is_file() and in_repo.stat().st_size > 0, f"{path.name}: {source} -> {in_repo}"
+            assert any(fnmatch.fnmatch(file.name, p) for p in setuptools["package-data"]["*"]), (
+                f"{path.name}: {file.name} is not package data in pyproject.toml")
+            assert (in_repo.parent / "README.md").is_file() and list(in_repo.parent.glob("LICENSE*"))
+        else:  # only DiffusionDB's 2M-row metadata is too large to ship
+            assert source.endswith(".parquet"), f"{path.name}: {source} should be a bundled list"
+            assert re.search(rf"aws s3 cp \S+ {re.escape(source)}$", text, re.M), (
+                f"{path.name}: the header does not upload {source}")
+    if "compbench" in path.name:
+        assert cfg.prompts.train == [f"bundled:t2i-compbench/{c}_train" for c in COMPBENCH_CATEGORIES]
+        assert cfg.prompts.eval == [f"bundled:t2i-compbench/{c}_val" for c in COMPBENCH_CATEGORIES]
+        assert "bundled:t2i-compbench" in text and "mitune prompts" in text
