@@ -1,9 +1,9 @@
 """The KubeRay manifests and image recipe in cluster/.
 
-Every YAML document is validated against the `ray.io/v1` schema of its CRD (shared/schemas/kuberay)
-the way `kubectl apply --validate=strict` would: unknown fields are errors wherever the CRD lists
-an object's properties, int-or-string fields take either, and int32 fields must fit. CEL rules
-(`x-kubernetes-validations`) are not evaluated; the operator-side checks that matter here
+Every YAML document is validated against the `ray.io/v1` schema of its CRD (KubeRay's, copied into
+cluster/crds) the way `kubectl apply --validate=strict` would: unknown fields are errors wherever
+the CRD lists an object's properties, int-or-string fields take either, and int32 fields must fit.
+CEL rules (`x-kubernetes-validations`) are not evaluated; the operator-side checks that matter here
 (names, TTL without shutdown, runtime env YAML, token auth needing Ray >= 2.52) are mirrored below.
 Then the project's policy: no inline secrets, non-root containers, a GPU group that scales from 0,
 deadlines and cleanup, a memory-backed /dev/shm and one image everywhere.
@@ -27,8 +27,7 @@ from tests.test_jobs import CREDENTIAL_ENV, SECRET_LOOKING, submit_command
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CRD_DIR = SHARED / "schemas" / "kuberay"
+CRD_DIR = CLUSTER / "crds"  # KubeRay's CRDs, verbatim (cluster/crds/README.md)
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
 MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}  # KubeRay's limits (service suffixes)
@@ -113,8 +112,8 @@ def validator(kind: str) -> jsonschema.Draft7Validator:
     assert kind in CRD_FILES, f"cluster/ holds a {kind}, which has no schema here; use one of " \
                               f"{sorted(CRD_FILES) + sorted(CORE_SCHEMAS)}"
     path = CRD_DIR / CRD_FILES[kind]
-    assert path.is_file(), (f"KubeRay CRD {path} is missing: the shared folder must sit beside the "
-                            "repository (it is always there in CI); these tests never skip")
+    assert path.is_file(), (f"KubeRay CRD {path} is missing: cluster/crds is part of the repository "
+                            "(see its README); these tests never skip")
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
     versions = {v["name"]: v for v in crd["spec"]["versions"]}
     assert "v1" in versions and not versions["v1"].get("deprecated"), f"{path.name} serves no current v1"
@@ -408,7 +407,7 @@ def test_secret_template_holds_placeholders_only():
     assert "never commit" in text
     assert "secret.yaml" in (CLUSTER / ".gitignore").read_text().split()
     # Nothing in cluster/ looks like a real AWS key id or secret.
-    for path in CLUSTER.iterdir():
+    for path in (p for p in CLUSTER.rglob("*") if p.is_file()):
         assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", path.read_text()), path.name
 
 
