@@ -118,6 +118,11 @@ class GenerateSection(Section):
     cpus_per_actor: float = Field(1.0, gt=0.0)  # fractional on small CPU clusters (reads need CPU)
     seed: int = 0  # base of every candidate's seed
     gallery_prompts: int = Field(4, ge=0)  # prompts whose every candidate is kept for reports
+    # Judge every candidate, not only the kept ones, so a run shows whether selection helps: the
+    # kept images' correctness against the pool's mean and the best candidate's. shapes: the exact
+    # ShapesWorld checker (fully correct or not; decodes every candidate). auto: shapes for the
+    # bundled ShapesWorld model, none otherwise.
+    pool_metric: Literal["auto", "none", "shapes"] = "auto"
     # What ranks the candidates: MI (MI-TUNE), or the controls of the ShapesWorld benchmark:
     # random (a seeded draw) and checker (the exact ShapesWorld checker: an oracle upper bound).
     select_by: Literal["mi", "random", "checker"] = "mi"

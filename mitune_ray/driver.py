@@ -24,6 +24,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Family
 from mitune_ray.manifest import Manifest
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, resolve_model_path
+from mitune_ray.select import PoolCheck
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.training.loss import refuse_diffusion_only
 
@@ -67,7 +68,11 @@ def resolve(cfg: Config, fam: Family) -> Config:
                           "previous adapter forward; choose one")
     refuse_diffusion_only(fam, cfg.train.model_dump(),  # before any stage runs
                           where=f"model.path={cfg.model.path} (a {fam.name} model)")
-    return cfg.model_copy(update={"train": train,
+    generate = cfg.generate
+    if generate.pool_metric == "auto":  # the exact checker where the model is ShapesWorld's
+        judged = "shapes" if cfg.model.path == f"{BUNDLED_PREFIX}shapes" else "none"
+        generate = generate.model_copy(update={"pool_metric": judged})
+    return cfg.model_copy(update={"train": train, "generate": generate,
                                   "model": cfg.model.model_copy(update={"family": fam.name})})
 
 
@@ -205,7 +210,8 @@ class Recipe:
                 "candidates": summary.candidates, "mi_mean": summary.mi_mean,
                 "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
                 "actors": len(summary.actors), "adapters": plan.generate_adapters,
-                "selected": f"{round_dir(r)}/selected"}
+                "selected": f"{round_dir(r)}/selected",
+                "pool": None if summary.pool is None else dataclasses.asdict(summary.pool)}
 
     def gallery_ids(self, excluded: frozenset[str]) -> frozenset[str]:
         """The first few training prompts: every candidate of theirs is kept for the report."""
@@ -298,6 +304,8 @@ def status_text(manifest: dict, uri: str) -> str:
         elif name.endswith("/generate"):
             detail = (f"{entry['rows']} selected rows from {entry['candidates']} new candidates, "
                       f"MI {entry['mi_mean']:.4g}")
+            if entry.get("pool"):
+                detail += "; " + PoolCheck(**entry["pool"]).line()
         elif name.endswith("/train"):
             res = entry.get("result", {})
             detail = f"adapter {entry['adapter']}, {res.get('steps', '?')} steps"

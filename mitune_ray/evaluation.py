@@ -150,7 +150,7 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
                                      filesystem=eval_store.filesystem).column("prompt_id").to_pylist())
     gen = cfg.generate.model_copy(update={"candidates": cfg.eval.candidates,
                                           "keep": cfg.eval.candidates, "gallery_prompts": 0,
-                                          "select_by": "mi",
+                                          "select_by": "mi", "pool_metric": "none",
                                           "prune": cfg.generate.prune.model_copy(update={"enabled": False})}
                                   | ({} if guidance is None else {"guidance": guidance}))
     out = recipe.store.child(f"{name}/{eval_folder(guidance)}")

@@ -32,6 +32,7 @@ from mitune_ray.records import (
     gallery_table, pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
 )
 from mitune_ray.sampling import Prompt
+from mitune_ray.select import PoolCheck, pool_check
 from mitune_ray.storage import Store
 
 
@@ -58,13 +59,15 @@ class GenerationSummary:
     mi_std: float
     actors: tuple[str, ...]
     output: str
+    pool: PoolCheck | None = None  # over the whole round, resumed prompts included
 
     def line(self) -> str:
         rate = self.candidates / self.seconds if self.seconds > 0 else float("nan")
-        return (f"generated {self.prompts} prompts ({self.skipped} already done), "
+        text = (f"generated {self.prompts} prompts ({self.skipped} already done), "
                 f"{self.candidates} candidates in {self.seconds:.1f}s ({rate:.2f} candidates/s) on "
                 f"{len(self.actors)} actors; selected MI {self.mi_mean:.4g} +- {self.mi_std:.2g}; "
                 f"{self.rows} rows in {self.output}")
+        return text if self.pool is None else f"{text}; {self.pool.line()}"
 
 
 def load_model(spec: ModelSpec):
@@ -121,11 +124,13 @@ class GenerateUDF:
                 channels_last=gen.channels_last,
                 compile_cache_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mitune-inductor")))
         self.family = fam.name
-        scorer = None
+        scorer = judge = None
         if gen.select_by == "checker":
             from mitune_ray.shapes.checker import checker_scores as scorer
+        if gen.pool_metric == "shapes":
+            from mitune_ray.shapes.checker import fully_correct as judge
         self.sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype,
-                                        resolution=model.resolution, scorer=scorer)
+                                        resolution=model.resolution, scorer=scorer, judge=judge)
         self.round_index, self.out = round_index, out
         self.gallery, self.with_tensors = gallery, with_tensors
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
@@ -140,7 +145,8 @@ class GenerateUDF:
         for res in results:
             pid = res.prompt.prompt_id
             scores.append({"prompt_id": pid, "round": self.round_index, "mi": res.mi,
-                           "mi_stderr": res.mi_stderr, "selected": [s.index for s in res.selected]})
+                           "mi_stderr": res.mi_stderr, "selected": [s.index for s in res.selected],
+                           "pool_metric": res.pool or [float("nan")] * len(res.mi)})
             for s in res.selected:
                 selected.append({
                     "prompt_id": pid, "prompt": res.prompt.text, "round": self.round_index,
@@ -216,7 +222,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     done = frozenset(done_prompt_ids(out))
     if expected_prompts is not None and len(done) >= expected_prompts:
         summary = GenerationSummary(0, len(done), _count_rows(out), 0, 0.0, float("nan"),
-                                    float("nan"), (), out.child_uri("selected"))
+                                    float("nan"), (), out.child_uri("selected"), read_pool_check(out))
         log(summary.line())
         return summary
     if gpus_per_actor is None:
@@ -266,12 +272,21 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         prompts=n_prompts, skipped=len(done), rows=rows, candidates=n_candidates, seconds=seconds,
         mi_mean=float(values.mean()) if len(values) else float("nan"),
         mi_std=float(values.std()) if len(values) else float("nan"),
-        actors=tuple(sorted(actors)), output=out.child_uri("selected"))
+        actors=tuple(sorted(actors)), output=out.child_uri("selected"), pool=read_pool_check(out))
     if expected_prompts is not None and rows != expected_prompts * gen.keep:
         raise MituneError(f"round {round_index} selected set at {summary.output} has {rows} rows, "
                           f"expected {expected_prompts} prompts x keep {gen.keep}; rerun to resume")
     log(summary.line())
     return summary
+
+
+def read_pool_check(out: Store) -> PoolCheck | None:
+    """The round's `PoolCheck` from its score shards (None where no pool metric ran)."""
+    table = out.read_parquet("scores")
+    if table is None or "pool_metric" not in table.column_names:
+        return None
+    return pool_check(list(zip(table.column("pool_metric").to_pylist(),
+                               table.column("selected").to_pylist())))
 
 
 def _count_rows(out: Store) -> int:

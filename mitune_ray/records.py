@@ -41,6 +41,8 @@ SCORES_SCHEMA = pa.schema([
     ("mi", pa.list_(pa.float64())),  # every candidate's MI by index (NaN: pruned early)
     ("mi_stderr", pa.list_(pa.float64())),
     ("selected", pa.list_(pa.int32())),
+    # every candidate's correctness by `generate.pool_metric` (NaN: none, or pruned early)
+    ("pool_metric", pa.list_(pa.float64())),
 ])
 
 GALLERY_SCHEMA = pa.schema([

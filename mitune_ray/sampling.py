@@ -67,6 +67,8 @@ class PromptCandidates:
     selected: list[Selected] = field(default_factory=list)
     gallery: list[tuple[int, object]] = field(default_factory=list)  # (index, image) of every
     # finished candidate, for prompts sampled into the report's gallery
+    pool: list[float] = field(default_factory=list)  # every candidate's `judge` score by index
+    # (NaN: pruned early); empty without a judge
 
 
 class CandidateSampler:
@@ -80,13 +82,15 @@ class CandidateSampler:
 
     def __init__(self, pipe, fam: Family, gen: GenerateSection, mi: MISection, *, device,
                  dtype: torch.dtype = torch.float32, resolution: int | None = None,
-                 scorer=None):
+                 scorer=None, judge=None):
         """`scorer(prompt_text, images) -> scores` ranks candidates when `gen.select_by` is
-        "checker" (the ShapesWorld oracle); MI ranks them otherwise."""
+        "checker" (the ShapesWorld oracle); MI ranks them otherwise. `judge(prompt_text, images)
+        -> scores` (e.g. fully correct 1/0), when given, scores every finished candidate, so that
+        the kept ones can be compared with the pool."""
         self.pipe, self.fam, self.gen, self.mi_cfg = pipe, fam, gen, mi
         if gen.select_by == "checker" and scorer is None:
             raise ValueError("generate.select_by=checker needs a scorer (the ShapesWorld checker)")
-        self.scorer = scorer
+        self.scorer, self.judge = scorer, judge
         self.device, self.dtype = torch.device(device), dtype
         self.shape = latent_shape(pipe, fam, resolution)
         self.height = self.width = self.shape[1] * pipe.vae_scale_factor
@@ -238,6 +242,14 @@ class CandidateSampler:
             self._renoise(prompts, cond, round_index, finals, mi, se)
         decoded: dict[tuple[int, int], object] = {}  # each latent is decoded at most once
         results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode, decoded)
+        if self.judge is not None:
+            for p, res in enumerate(results):
+                cols = sorted(c for q, c in finals if q == p)
+                scores = self.judge(res.prompt.text, self._decode([(p, c) for c in cols], finals,
+                                                                  decoded))
+                res.pool = [float("nan")] * n
+                for c, v in zip(cols, scores):
+                    res.pool[c] = float(v)
         for p, res in enumerate(results):
             if res.prompt.prompt_id in gallery:
                 keys = sorted(k for k in finals if k[0] == p)

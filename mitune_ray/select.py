@@ -1,7 +1,10 @@
-"""Top-k selection by MI (pure)."""
+"""Top-k selection by MI, and how good a selection was against its pool (pure)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 
@@ -17,3 +20,40 @@ def top_k(scores: torch.Tensor, k: int) -> list[int]:
     values = torch.nan_to_num(scores.double().cpu(), nan=float("-inf"))
     order = torch.sort(-values, stable=True).indices
     return [int(i) for i in order[:k]]
+
+
+@dataclass(frozen=True)
+class PoolCheck:
+    """Does selection help? Means over prompts, by `generate.pool_metric`: of the kept candidates
+    (`kept`), of all candidates (`pool`: what a random pick keeps on average), and of each
+    prompt's best candidate (`best`: what a perfect selector keeps)."""
+
+    kept: float
+    pool: float
+    best: float
+    prompts: int
+
+    def line(self) -> str:
+        return (f"kept images correct {self.kept:.0%} vs {self.pool:.0%} for a random candidate "
+                f"(a perfect selector: {self.best:.0%}; {self.prompts} prompts)")
+
+
+def pool_check(rows: list[tuple[list[float], list[int]]]) -> PoolCheck | None:
+    """`PoolCheck` from (every candidate's score, kept indices) per prompt; None without scores.
+
+    Example:
+        >>> pool_check([([1.0, 0.0], [0]), ([0.0, 0.0, 1.0, 1.0], [1])]).line()
+        'kept images correct 50% vs 50% for a random candidate (a perfect selector: 100%; 2 prompts)'
+    """
+    kept, pool, best = [], [], []
+    for scores, chosen in rows:
+        values = np.array(scores, dtype=float)
+        finished = values[~np.isnan(values)]
+        if not len(finished) or not chosen:
+            continue
+        kept.append(float(np.mean([values[i] for i in chosen])))
+        pool.append(float(finished.mean()))
+        best.append(float(np.sort(finished)[::-1][:len(chosen)].mean()))
+    if not kept:
+        return None
+    return PoolCheck(float(np.mean(kept)), float(np.mean(pool)), float(np.mean(best)), len(kept))

@@ -162,3 +162,23 @@ def test_control_selections_random_and_checker(pipes, monkeypatch):
     assert np.array_equal(res.selected[0].image, dict(res.gallery)[darkest])
     with pytest.raises(ValueError, match="needs a scorer"):
         CandidateSampler(pipe, fam, GenerateSection(select_by="checker"), MISection(), device="cpu")
+
+
+def test_a_judge_scores_every_candidate_for_the_pool_check(pipes):
+    pipe, fam = pipes("sd")
+    seen = []
+
+    def judge(text, images):  # a stand-in for the checker's fully-correct: bright images pass
+        seen.append((text, len(images)))
+        return [float(im.mean() > 127) for im in images]
+
+    sampler = CandidateSampler(pipe, fam, GenerateSection(candidates=4, keep=1, steps=4),
+                               MISection(renoise_draws=4), device="cpu", judge=judge)
+    res = sampler.generate(PROMPTS, 1, gallery=frozenset({PROMPTS[0].prompt_id}))
+    assert seen == [(p.text, 4) for p in PROMPTS]
+    for r in res:
+        assert len(r.pool) == 4 and set(r.pool) <= {0.0, 1.0}
+        assert r.pool[r.selected[0].index] == float(r.selected[0].image.mean() > 127)
+    gallery = dict(res[0].gallery)  # the judged images are the gallery's
+    assert [float(gallery[i].mean() > 127) for i in range(4)] == res[0].pool
+    assert make(pipes, "sd", mi={"renoise_draws": 4}).generate(PROMPTS[:1], 1)[0].pool == []

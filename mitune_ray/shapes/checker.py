@@ -206,6 +206,11 @@ def checker_scores(prompt: str, images) -> list[float]:
     return [float(r.all_correct) + r.fraction for r in results]
 
 
+def fully_correct(prompt: str, images) -> list[float]:
+    """1.0 for each image in which every fact of `prompt` holds, else 0.0 (the pool metric)."""
+    return [float(check(prompt, image).all_correct) for image in images]
+
+
 def fact_rates(results) -> dict[str, float | None]:
     """Share of the facts of each kind that hold over `results` (None: none stated), and
     `relation_given_objects`: the share of relations that hold where both objects were found.

@@ -44,6 +44,11 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
         assert all(v is None or 0.0 <= v <= 1.0 for v in facts.values())
     kept = result["mitune"]["mi"]["selected_sets"]["1"]
     assert kept["rows"] > 0 and 0.0 <= kept["fully_correct"] <= kept["fraction"] <= 1.0
+    # The generation stage judged every candidate with the checker (pool_metric auto on the
+    # ShapesWorld model): kept vs pool vs best, and the kept rate is the selected set's.
+    pool = json.loads((out / "mi" / "manifest.json").read_text())["stages"]["round-001/generate"]["pool"]
+    assert 0.0 <= pool["pool"] <= pool["best"] <= 1.0 and 0.0 <= pool["kept"] <= pool["best"]
+    assert pool["kept"] == pytest.approx(kept["fully_correct"])
     # The run behind the numbers: base and round-1 evaluations by the exact checker.
     for version in ("eval-base", "round-001"):
         assert (out / "mi" / version / "eval" / "scores.parquet").exists()
