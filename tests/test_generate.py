@@ -12,8 +12,9 @@ from mitune_ray.prompts import prepare_corpus, prompt_id
 from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DIFFUSIONDB = SHARED / "data" / "diffusiondb" / "imagereward_refl_prompts.txt"
+# Real DiffusionDB prompts (ImageReward's ReFL list), shipped in the package.
+DIFFUSIONDB = (Path(__file__).resolve().parents[1] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
+               / "imagereward_refl_prompts.txt")
 
 
 def diffusiondb_parquet(path: Path, n: int, seed: int = 0) -> Path:
