@@ -21,7 +21,9 @@ from mitune_ray.bench.report import Recorder
 from mitune_ray.bench.report import count as fmt_count
 from mitune_ray.bench.training import TrainWorkload, time_training
 
-# ENVIRONMENT.md's per-image forward TFLOPs; they match our counts without attention scores.
+# The project's reference per-image forward TFLOPs (its hardware notes, ENVIRONMENT.md, which is not
+# part of this repository): SD-2.1-base at 512 px, SD-XL at 1024 px, SD3.5-medium at 1024 px with
+# 333 text tokens. They match our counts without attention scores.
 ENV_TFLOP = {"sd21-base": 0.68, "sdxl-base": 5.98, "sd35-medium": 7.02}
 # Per family at the real sizes: candidates per prompt and per denoiser call (CFG doubles the rows).
 CANDIDATES = {"sd": 50, "sdxl": 8, "sd3": 8}  # the workloads
