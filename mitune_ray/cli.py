@@ -9,7 +9,7 @@
     mitune export RUN_URI --round N DIR
     mitune eval RUN_URI [--guidance G] | mitune report RUN_URI [--out DIR]
     mitune prompts list|dir                      the bundled prompt lists: names / folder
-    mitune bench [...] | mitune shapes train|bench [...]
+    mitune bench [...] | mitune shapes train|bench|pool [...]
 
 Bad input ends with one line on stderr and exit status 2; nothing is committed.
 """
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prompts)
     sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
     sub.add_parser("shapes", add_help=False,
-                   help="ShapesWorld: train the bundled model, or benchmark MI-TUNE (train|bench)")
+                   help="ShapesWorld: train the bundled model, benchmark MI-TUNE, or measure selection (train|bench|pool)")
     return top
 
 

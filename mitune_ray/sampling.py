@@ -22,8 +22,8 @@ from mitune_ray.families import (
 )
 from mitune_ray.imaging import to_uint8
 from mitune_ray.mi import (
-    TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, flow_levels,
-    flow_trajectory_weights, renoise_mi, velocity_term,
+    LevelTable, RenoiseDraws, TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels,
+    eps_term, flow_levels, flow_trajectory_weights, mean_and_stderr, renoise_terms, velocity_term,
 )
 from mitune_ray.select import top_k
 
@@ -314,18 +314,18 @@ class CandidateSampler:
         scores[cols] = torch.tensor(self.scorer(prompt.text, list(images)), dtype=torch.float64)
         return scores
 
-    @torch.no_grad()
-    def score_latents(self, z0: torch.Tensor, cond: Conditioning, *, draw_seed: int):
-        """Re-noising MI of finished latents (B, C, h, w), with draws shared by all B (CRN)."""
+    def level_table(self) -> LevelTable:
+        """The re-noising quadrature of this model and `mi` settings."""
         if self.fam.estimator == "ddpm":
-            table = ddpm_levels(self.scheduler.alphas_cumprod, t_min=self.mi_cfg.t_min,
-                                kappa_variant=self.mi_cfg.kappa,
-                                prediction_type=self.scheduler.config.prediction_type)
-        else:
-            table = flow_levels(sigma_min=self.mi_cfg.sigma_min)
-        g = torch.Generator().manual_seed(draw_seed)
-        draws = draw_levels(table, self.mi_cfg.renoise_draws, tuple(z0.shape[1:]), generator=g,
-                            sampling=self.mi_cfg.renoise_sampling)
+            return ddpm_levels(self.scheduler.alphas_cumprod, t_min=self.mi_cfg.t_min,
+                               kappa_variant=self.mi_cfg.kappa,
+                               prediction_type=self.scheduler.config.prediction_type)
+        return flow_levels(sigma_min=self.mi_cfg.sigma_min)
+
+    @torch.no_grad()
+    def renoise_terms(self, z0: torch.Tensor, cond: Conditioning, draws: RenoiseDraws):
+        """Each draw's (standard, orthogonal) value for finished latents (B, C, h, w), (K, B)
+        each, with the same `draws` for all B (common random numbers)."""
         batch = len(z0)
         embeds, pooled = self._expand(cond, batch)
         ids = time_ids(self.pipe, self.fam, self.height, self.width, 2 * batch, self.device, self.dtype)
@@ -337,5 +337,14 @@ class CandidateSampler:
                           torch.cat([t, t]).to(self.device), embeds, pooled, ids)
             return out.float().chunk(2)
 
-        return renoise_mi(predict_pair, z0.to(self.device).float(), table, draws, self.term,
-                          form=self.mi_cfg.form)
+        return renoise_terms(predict_pair, z0.to(self.device).float(), self.level_table(), draws,
+                             self.term)
+
+    def score_latents(self, z0: torch.Tensor, cond: Conditioning, *, draw_seed: int):
+        """Re-noising MI of finished latents (B, C, h, w) in the configured form, with draws
+        shared by all B (CRN): the mean over draws and its standard error."""
+        g = torch.Generator().manual_seed(draw_seed)
+        draws = draw_levels(self.level_table(), self.mi_cfg.renoise_draws, tuple(z0.shape[1:]),
+                            generator=g, sampling=self.mi_cfg.renoise_sampling)
+        standard, orthogonal = self.renoise_terms(z0, cond, draws)
+        return mean_and_stderr(standard if self.mi_cfg.form == "standard" else orthogonal)

@@ -26,8 +26,10 @@ from mitune_ray.mi.estimators import (
     TrajectoryMI,
     draw_levels,
     eps_term,
+    mean_and_stderr,
     regression_target,
     renoise_mi,
+    renoise_terms,
     standard_term,
     velocity_term,
 )
@@ -35,6 +37,6 @@ from mitune_ray.mi.flow import flow_levels, flow_trajectory_weights
 
 __all__ = [
     "LevelTable", "RenoiseDraws", "TrajectoryMI", "ddpm_levels", "ddpm_trajectory_weights",
-    "draw_levels", "eps_term", "flow_levels", "flow_trajectory_weights", "kappa", "regression_target",
-    "renoise_mi", "standard_term", "velocity_term",
+    "draw_levels", "eps_term", "flow_levels", "flow_trajectory_weights", "kappa", "mean_and_stderr",
+    "regression_target", "renoise_mi", "renoise_terms", "standard_term", "velocity_term",
 ]

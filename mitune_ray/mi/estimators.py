@@ -175,22 +175,19 @@ Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 
 
 @torch.no_grad()
-def renoise_mi(
+def renoise_terms(
     predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
-    *, form: str = "standard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MI of finished latents `z0` (B, ...) by re-noising them with the shared `draws`.
+    """Each draw's weighted value of both forms for finished latents `z0` (B, ...): (standard,
+    orthogonal), (K, B) each, from one pair of predictions per draw.
 
     `predict(z_levels, levels)` returns the (conditional, unconditional) predictions for a batch of
-    noised latents at the given levels (a row each). `form="standard"` scores each draw by
-    `standard_term` against the draw's own regression target: the point-wise MI of each latent.
-    `form="orthogonal"` scores it by `term` (the paper's `||eps_c - eps_u||^2`, or RFMI's
-    velocity term). Returns the mean over draws and its standard error, per latent. Draws are
-    evaluated one at a time over the whole batch.
+    noised latents at the given levels (a row each). Standard: `standard_term` against the draw's
+    own regression target, the point-wise MI of each latent; orthogonal: `term` (the paper's
+    `||eps_c - eps_u||^2`, or RFMI's velocity term). Draws are evaluated one at a time over the
+    whole batch.
     """
-    if form not in FORMS:
-        raise ValueError(f"MI form {form!r} is not one of {FORMS}")
-    per_draw = []
+    standard, orthogonal = [], []
     for j in range(len(draws.index)):
         row = int(draws.index[j])
         eps = draws.eps[j].to(device=z0.device, dtype=z0.dtype).expand_as(z0)
@@ -198,13 +195,28 @@ def renoise_mi(
         z_level = signal * z0 + noise * eps
         levels = torch.full((z0.shape[0],), float(table.levels[row]), device=z0.device)
         cond, uncond = predict(z_level, levels)
-        if form == "standard":
-            target = regression_target(table.prediction, z0, eps, signal, noise)
-            value = standard_term(cond, uncond, target)
-        else:
-            value = term(cond, uncond)
-        per_draw.append(float(draws.scale[j]) * value)
-    values = torch.stack(per_draw)  # (K, B)
+        target = regression_target(table.prediction, z0, eps, signal, noise)
+        scale = float(draws.scale[j])
+        standard.append(scale * standard_term(cond, uncond, target))
+        orthogonal.append(scale * term(cond, uncond))
+    return torch.stack(standard), torch.stack(orthogonal)
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over draws (dim 0) and its standard error (0 with one draw)."""
     k = values.shape[0]
     stderr = values.std(0, unbiased=True) / math.sqrt(k) if k > 1 else torch.zeros_like(values[0])
     return values.mean(0), stderr
+
+
+def renoise_mi(
+    predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
+    *, form: str = "standard",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MI of finished latents `z0` (B, ...) by re-noising them with the shared `draws`, in the
+    given form (`FORMS`; see `renoise_terms`): the mean over draws and its standard error, per
+    latent."""
+    if form not in FORMS:
+        raise ValueError(f"MI form {form!r} is not one of {FORMS}")
+    standard, orthogonal = renoise_terms(predict, z0, table, draws, term)
+    return mean_and_stderr(standard if form == "standard" else orthogonal)

@@ -1,4 +1,4 @@
-"""`mitune shapes train | bench`."""
+"""`mitune shapes train | bench | pool`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--loss-weight-cap", type=float, default=TrainSettings.loss_weight_cap,
                         help="weight each sample's loss by min(1 / abar_t, CAP); the default, "
                              "100, is the shipped model's; 1 is plain epsilon loss; see "
-                             "shapes/probe.py")
+                             "research/shapes/probe.py in the repository")
     parser.add_argument("--p-direct", type=float, default=TrainSettings.p_direct, metavar="P",
                         help="the share of relation prompts written in the direct template "
                              "('{a} left of {b}', not '{b} with {a} on its left') at the end of "
@@ -61,4 +61,8 @@ def main(argv: list[str]) -> int:
         from mitune_ray.shapes.bench import main as bench_main
 
         return bench_main(rest)
-    raise SystemExit("usage: mitune shapes train|bench [--help]")
+    if action == "pool":
+        from mitune_ray.shapes.pool import main as pool_main
+
+        return pool_main(rest)
+    raise SystemExit("usage: mitune shapes train|bench|pool [--help]")

@@ -1,0 +1,263 @@
+"""`mitune shapes pool`: how much of a perfect selector's choice does each MI estimator make?
+
+MI-TUNE keeps, among a prompt's candidates, the one with the highest MI. On prompts x candidates
+from the bundled model at the operating guidance, every candidate is judged by the exact checker
+(fully correct or not) and scored by every estimator variant. Per prompt: `kept` (is the variant's
+top candidate fully correct), `pool` (the share of fully-correct candidates: what a random pick
+keeps on average) and `oracle` (is any candidate fully correct: what a perfect selector keeps).
+
+    pool selection efficiency = (mean kept - mean pool) / (mean oracle - mean pool)
+
+0 is random selection, 1 a perfect selector, below 0 worse than random; the 95% interval
+bootstraps prompts. Variants are chosen on validation prompts (the tuning split, disjoint from the
+evaluation prompts) and reported on held-out evaluation prompts.
+
+The re-noising variants share one pass: K uniform (t, eps) draws per prompt, shared by its
+candidates, give each draw's value in both forms, and every re-noising variant is a subset of
+those draws (the first K, or those in a band of t) in one form. The paper's trajectory form comes
+free with sampling. Work is written per batch of prompts under `--out`, so a stopped run resumes.
+
+    mitune shapes pool --out runs/pool          # 64 validation + 200 held-out prompts x 16
+    mitune shapes pool --quick --out /tmp/pool  # the machinery only (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.storage import Store
+
+BOOTSTRAPS = 2000
+
+
+@dataclass(frozen=True)
+class PoolScale:
+    val_prompts: int = 64  # tuning-split prompts: where variants are compared and chosen
+    prompts: int = 200  # held-out evaluation prompts: where they are reported
+    candidates: int = 16
+    draws: int = 64  # uniform re-noising draws per prompt; variants use subsets of them
+    steps: int = 25
+    guidance: float = 7.5  # the operating guidance of the ShapesWorld bench
+    batch_prompts: int = 4  # prompts per unit of resumable work (sampled in one denoiser batch)
+
+
+QUICK = PoolScale(val_prompts=2, prompts=3, candidates=4, draws=8, steps=4, batch_prompts=2)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A re-noising estimator as a subset of the shared draws, in one form."""
+
+    form: str  # "standard" (point-wise) or "orthogonal" (the paper's)
+    draws: int  # the first `draws` draws whose level lies in the band
+    t_low: int = 50  # band: t_low < t <= t_high (t > 50 is the library's default)
+    t_high: int = 999
+    kappa: bool = True  # False: each level's term unweighted (kappa_t dropped)
+
+    @property
+    def name(self) -> str:
+        band = "" if (self.t_low, self.t_high) == (50, 999) else f", t {self.t_low}..{self.t_high}"
+        weight = "" if self.kappa else ", unweighted"
+        return f"{self.form} K={self.draws}{band}{weight}"
+
+
+def variants(draws: int) -> list[Variant]:
+    """The levers the selector issue names: K, the noise band, the level weighting; both forms."""
+    ks = [k for k in (8, 16, 32, 64) if k <= draws] or [draws]
+    half = max(1, min(16, draws // 2))
+    out = [Variant("orthogonal", min(16, draws))]
+    out += [Variant("standard", k) for k in ks]
+    out += [Variant("standard", half, 50, high) for high in (300, 500, 700)]
+    out += [Variant("standard", half, low, 999) for low in (300, 500)]
+    out += [Variant("standard", min(16, draws), kappa=False)]
+    return out
+
+
+TRAJECTORY = "paper form along the trajectory, t>50"
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
+    from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
+
+    return {"validation": tune_prompts(scale.val_prompts, seed=7),
+            "held_out": eval_prompts(scale.prompts, seed=0)}
+
+
+def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
+    """Every candidate of `texts`: the checker's verdict, the trajectory MI, and each shared
+    re-noising draw's level and value in both forms (unweighted values are value / scale)."""
+    from mitune_ray.families import decode_latents, encode_prompts
+    from mitune_ray.imaging import to_uint8
+    from mitune_ray.mi import draw_levels
+    from mitune_ray.prompts import prompt_id
+    from mitune_ray.sampling import candidate_seed
+    from mitune_ray.shapes.checker import check
+
+    cond = encode_prompts(sampler.pipe, sampler.fam, texts, sampler.device)
+    table = sampler.level_table()
+    n = scale.candidates
+    ids = [prompt_id(t) for t in texts]
+    seeds = [candidate_seed(0, pid, 1, c) for pid in ids for c in range(n)]
+    every = torch.arange(len(texts)).repeat_interleave(n)
+    _, latents, acc = sampler.sample(seeds, cond.rows(every))  # all the batch's candidates at once
+    images = to_uint8(decode_latents(sampler.pipe, latents))
+    trajectory = acc.mi.cpu()
+    out = []
+    for p, (text, pid) in enumerate(zip(texts, ids)):
+        mine = slice(p * n, (p + 1) * n)
+        verdicts = [check(text, image) for image in images[mine]]
+        g = torch.Generator().manual_seed(_seed("pool-draws", pid))
+        draws = draw_levels(table, scale.draws, tuple(latents.shape[1:]), generator=g)
+        standard, orthogonal = sampler.renoise_terms(latents[mine], cond.rows(every[mine]), draws)
+        out.append({
+            "prompt": text, "prompt_id": pid,
+            "correct": [float(v.all_correct) for v in verdicts],
+            "fraction": [v.fraction for v in verdicts],
+            "trajectory": trajectory[mine].tolist(),
+            "levels": [float(table.levels[int(i)]) for i in draws.index],
+            "scale": draws.scale.tolist(),
+            "standard": standard.cpu().tolist(), "orthogonal": orthogonal.cpu().tolist(),
+        })
+    return out
+
+
+def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
+    """A variant's score of each candidate of one prompt (None: no draw in its band)."""
+    levels = np.array(record["levels"])
+    chosen = np.flatnonzero((levels > variant.t_low) & (levels <= variant.t_high))[:variant.draws]
+    if not len(chosen):
+        return None
+    values = np.array(record[variant.form])[chosen]  # (draws, candidates)
+    if not variant.kappa:
+        values = values / np.array(record["scale"])[chosen, None]
+    return values.mean(0)
+
+
+def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict:
+    """Pool selection efficiency from (kept, pool, oracle) per prompt, with a percentile
+    bootstrap interval over prompts (resamples where no prompt had room to select are dropped).
+
+    Example:
+        >>> efficiency([(1.0, 0.5, 1.0), (0.0, 0.5, 1.0)])["efficiency"]
+        0.0
+    """
+    data = np.array(rows, dtype=float).reshape(-1, 3)
+
+    def ratio(d):
+        room = d[:, 2].mean() - d[:, 1].mean()
+        return float((d[:, 0].mean() - d[:, 1].mean()) / room) if room > 0 else float("nan")
+
+    rng = np.random.default_rng(seed)
+    boots = np.array([ratio(data[rng.integers(0, len(data), len(data))])
+                      for _ in range(BOOTSTRAPS)]) if len(data) else np.array([])
+    boots = boots[np.isfinite(boots)]
+    low, high = np.percentile(boots, [2.5, 97.5]).tolist() if len(boots) else [np.nan, np.nan]
+    kept, pool, oracle = (data.mean(0).tolist() if len(data) else [np.nan] * 3)
+    return {"efficiency": ratio(data) if len(data) else float("nan"), "ci": [low, high],
+            "kept": kept, "pool": pool, "oracle": oracle, "prompts": len(data)}
+
+
+def summarize(records: list[dict], draws: int) -> dict:
+    """Per variant: the efficiency, its interval, and every prompt's kept verdict."""
+    out = {}
+    named = {TRAJECTORY: None} | {v.name: v for v in variants(draws)}
+    for name, variant in named.items():
+        rows, per_prompt = [], {}
+        for rec in records:
+            correct = np.array(rec["correct"])
+            scores = (np.array(rec["trajectory"]) if variant is None
+                      else variant_scores(rec, variant))
+            if scores is None:
+                continue
+            kept = float(correct[int(np.argmax(scores))])
+            rows.append((kept, float(correct.mean()), float(correct.max())))
+            per_prompt[rec["prompt_id"]] = kept
+        out[name] = efficiency(rows) | {"kept_by_prompt": per_prompt}
+    return out
+
+
+def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
+    """Score (or resume scoring) both prompt lists and summarize every variant on each."""
+    from mitune_ray.generate import ModelSpec, load_model
+    from mitune_ray.sampling import CandidateSampler
+
+    pipe, fam, device, dtype = load_model(ModelSpec(model_path))
+    gen = GenerateSection(candidates=scale.candidates, keep=1, steps=scale.steps,
+                          guidance=scale.guidance, max_batch=64)
+    sampler = CandidateSampler(pipe, fam, gen, MISection.paper(), device=device, dtype=dtype)
+    result: dict = {"scale": asdict(scale), "model": model_path, "splits": {}}
+    for split, texts in _prompt_lists(scale).items():
+        records: list[dict] = []
+        start = time.perf_counter()
+        for i in range(0, len(texts), scale.batch_prompts):
+            rel = f"{split}/part-{i:05d}.json"
+            if not out.exists(rel):
+                out.write_bytes(rel, json.dumps(score_batch(
+                    sampler, texts[i : i + scale.batch_prompts], scale)).encode())
+                log(f"[pool] {split}: {min(i + scale.batch_prompts, len(texts))}/{len(texts)} "
+                    f"prompts scored ({time.perf_counter() - start:.0f}s)")
+            records += json.loads(out.read_bytes(rel))
+        result["splits"][split] = {"prompts": len(records), "variants": summarize(records, scale.draws),
+                                   "records": [{k: r[k] for k in ("prompt_id", "prompt", "correct")}
+                                               for r in records]}
+    val = result["splits"]["validation"]["variants"]
+    finite = {k: v["efficiency"] for k, v in val.items() if np.isfinite(v["efficiency"])}
+    result["chosen_on_validation"] = max(finite, key=finite.get) if finite else None
+    return result
+
+
+def table_lines(result: dict) -> list[str]:
+    lines = ["| variant | validation efficiency | held-out efficiency [95% CI] | held-out kept |",
+             "|---|---|---|---|"]
+    held = result["splits"]["held_out"]["variants"]
+    for name, val in result["splits"]["validation"]["variants"].items():
+        h = held[name]
+        mark = " (chosen)" if name == result["chosen_on_validation"] else ""
+        lines.append(f"| {name}{mark} | {val['efficiency']:+.2f} | {h['efficiency']:+.2f} "
+                     f"[{h['ci'][0]:+.2f}, {h['ci'][1]:+.2f}] | {h['kept']:.0%} of {h['prompts']} "
+                     f"(random {h['pool']:.0%}, perfect {h['oracle']:.0%}) |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mitune shapes pool",
+        description="pool selection efficiency of every MI estimator variant on ShapesWorld")
+    parser.add_argument("--out", default="runs/shapes-pool",
+                        help="work folder, local or s3:// (a rerun resumes from it)")
+    parser.add_argument("--json", help="also write the result here (default: OUT/pool.json)")
+    parser.add_argument("--model", default="bundled:shapes", help="a ShapesWorld diffusers folder")
+    parser.add_argument("--quick", action="store_true", help="a tiny run: the machinery only")
+    for field, default in asdict(PoolScale()).items():
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None,
+                            help=f"default {default} ({QUICK.__dict__[field]} with --quick)")
+    args = parser.parse_args(argv)
+    base = QUICK if args.quick else PoolScale()
+    scale = PoolScale(**{f: getattr(args, f) if getattr(args, f) is not None else v
+                         for f, v in asdict(base).items()})
+    for field, value in asdict(scale).items():
+        if not value > 0:
+            parser.error(f"--{field.replace('_', '-')} {value} must be above 0")
+    out = Store(args.out)
+    result = run_pool(args.model, out, scale)
+    result["command"] = "mitune shapes pool " + " ".join(argv)
+    text = json.dumps(result, indent=1)
+    out.write_bytes("pool.json", text.encode())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text)
+    print("\n".join(table_lines(result)))
+    return 0
