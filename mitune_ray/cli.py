@@ -187,7 +187,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prompts)
     sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
     sub.add_parser("shapes", add_help=False,
-                   help="ShapesWorld: train the bundled model, benchmark MI-TUNE, or measure selection (train|bench|pool)")
+                   help="ShapesWorld: train the bundled model, benchmark MI-TUNE, or measure "
+                        "selection (train|bench|pool)")
     return top
 
 
