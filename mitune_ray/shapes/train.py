@@ -55,18 +55,20 @@ class TrainSettings:
     # epsilon model, capped; 1.0 is plain epsilon loss. Plain epsilon loss weighs an error in the
     # predicted image by abar_t / (1 - abar_t), under 2.4% above t = 850, where the layout is
     # decided: trained so, this architecture never learnt a relation, even alone in a two-prompt
-    # world, and cap 100 does in 15 minutes (`probe.py --learn`). The 2026-11-27 model (cap 100)
-    # read the axis of a relation (7.8 nats) where the epsilon-trained one did not (0.02).
+    # world, and cap 100 does in 15 minutes (`research/shapes/probe.py --learn`). The 2026-11-27
+    # model (cap 100) read the axis of a relation (7.8 nats) where the epsilon-trained one did
+    # not (0.02).
     loss_weight_cap: float = 100.0
     # The chance that a training prompt states its relation in the direct template ("{a} left of
     # {b}") rather than the inverted one ("{b} with {a} on its left"); None or 0.5: the two
     # alike, as the world writes prompts. Alike, which object a relation places is a parity of
     # three words (the relation, the template and which object is named first): no word or pair
-    # of words predicts it, so gradient descent has nothing to start from (`probe.py --learn
-    # --world order`); the model shipped before 2026-12-06, trained so, drew the direction at
-    # chance. Tilting the templates gives the pair (relation, first-named) a signal; tilting the
-    # relation words too (`p_canonical`: "left" / "above" rather than "right" / "below", the
-    # same images) gives the first-named object alone one. Both: `describe`.
+    # of words predicts it, so gradient descent has nothing to start from
+    # (`research/shapes/probe.py --learn --world order`); the model shipped before 2026-12-06,
+    # trained so, drew the direction at chance. Tilting the templates gives the pair (relation,
+    # first-named) a signal; tilting the relation words too (`p_canonical`: "left" / "above"
+    # rather than "right" / "below", the same images) gives the first-named object alone one.
+    # Both: `describe`.
     p_direct: float | None = 0.5
     p_canonical: float | None = 0.5
     # A curriculum: the share of the denoiser's budget over which both tilts fall linearly from

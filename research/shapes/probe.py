@@ -1,7 +1,7 @@
 """Which stated facts does a ShapesWorld model's denoiser use? Contradict one and see what it costs.
 
-    python -m mitune_ray.shapes.probe mitune_ray/assets/shapes_model [--n 96] [--split train]
-    python -m mitune_ray.shapes.probe --learn 5 [--world order]   # can this architecture learn it?
+    python -m research.shapes.probe mitune_ray/assets/shapes_model [--n 96] [--split train]
+    python -m research.shapes.probe --learn 5 [--world order]   # can this architecture learn it?
 
 On rendered ground-truth scenes (two objects with a relation, so every kind of fact is stated),
 the conditional denoiser's epsilon loss at a grid of noise levels, with the true prompt and with
@@ -244,7 +244,7 @@ def _print(title: str, result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     from diffusers import StableDiffusionPipeline
 
-    parser = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.probe",
+    parser = argparse.ArgumentParser(prog="python -m research.shapes.probe",
                                      description="what contradicting each kind of fact costs "
                                                  "a ShapesWorld model's denoiser")
     parser.add_argument("model", nargs="?",

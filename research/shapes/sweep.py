@@ -1,4 +1,4 @@
-"""`python -m mitune_ray.shapes.sweep`: the fine-tuning step's settings, swept in one process.
+"""`python -m research.shapes.sweep`: the fine-tuning step's settings, swept in one process.
 
 `mitune shapes bench` runs MI-TUNE through the real stack (Ray Data, Ray Train + DeepSpeed, the
 driver): on 2 CPU cores an arm takes ~20 minutes, too slow to search for the settings under which
@@ -25,9 +25,9 @@ most any selection could give it). Each round also reports its fact rates and th
 tuning prompts themselves. The base model's first-round selection is made once and shared.
 `--control-guidance G` evaluates every version again at guidance G.
 
-    python -m mitune_ray.shapes.sweep --json sweep.json               # one GPU, ~4 minutes
-    python -m mitune_ray.shapes.sweep --quick --json /tmp/sweep.json  # the machinery, on a CPU
-    python -m mitune_ray.shapes.sweep --json grid.json --guidance 5 --grid data=truth,kept \\
+    python -m research.shapes.sweep --json sweep.json               # one GPU, ~4 minutes
+    python -m research.shapes.sweep --quick --json quick.json       # the machinery, on a CPU
+    python -m research.shapes.sweep --json grid.json --guidance 5 --grid data=truth,kept \\
         lr=2e-4 steps=600 loss_weight_cap=100 min_t=0,500   # 2 CPU cores: 9 + 4 x 4 min
 """
 
@@ -110,7 +110,7 @@ class Setup:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     tuned_eval_prompts: int = 64  # also evaluated: this many of the tuning prompts (0: none)
     # Also evaluate every version at this guidance (None: not): whether a gain at `guidance` is
-    # better binding or only a tolerance of over-guidance (`guidance-control.json`).
+    # better binding or only a tolerance of over-guidance (`results/guidance-control.json`).
     control_guidance: float | None = None
 
 
@@ -492,7 +492,7 @@ def run_grid(lab: Lab, trials: list[Trial], *, budget_s: float, write) -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.sweep",
+    p = argparse.ArgumentParser(prog="python -m research.shapes.sweep",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="bundled:shapes")
     p.add_argument("--json", required=True, help="trials so far, rewritten after each")

@@ -7,7 +7,7 @@ from importlib.resources import files
 import pytest
 import torch
 
-from mitune_ray.shapes.probe import (EDITS, RELATION_PAIR, _prompt, edit, learnability, main,
+from research.shapes.probe import (EDITS, RELATION_PAIR, _prompt, edit, learnability, main,
                                      relation_scenes, two_prompt_world)
 from mitune_ray.shapes.prompts import parse_prompt
 
@@ -64,7 +64,7 @@ def test_probe_sees_colours_in_the_shipped_model(shipped, tmp_path):
 def test_a_denoiser_that_ignores_the_prompt_pays_nothing_for_any_edit(shipped):
     from diffusers import StableDiffusionPipeline
 
-    from mitune_ray.shapes.probe import probe
+    from research.shapes.probe import probe
 
     pipe = StableDiffusionPipeline.from_pretrained(shipped)
     forward = pipe.unet.forward
@@ -100,7 +100,7 @@ def test_the_order_world_names_the_pair_in_either_order_always_left_of():
 
 
 def test_learn_flags_reach_the_training(monkeypatch, capsys):
-    import mitune_ray.shapes.probe as probe_module
+    import research.shapes.probe as probe_module
 
     seen = {}
 

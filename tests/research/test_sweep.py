@@ -1,4 +1,4 @@
-"""The one-process fine-tuning sweep (mitune_ray/shapes/sweep.py), at its quick sizes on a CPU."""
+"""The one-process fine-tuning sweep (research/shapes/sweep.py), at its quick sizes on a CPU."""
 
 import json
 from dataclasses import replace
@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mitune_ray.shapes.sweep import QUICK_SETUP, QUICK_TRIAL, Lab, main, run_grid
+from research.shapes.sweep import QUICK_SETUP, QUICK_TRIAL, Lab, main, run_grid
 
 
 @pytest.fixture(scope="module")
