@@ -17,7 +17,7 @@ candidates, give each draw's value in both forms, and every re-noising variant i
 those draws (the first K, or those in a band of t) in one form. The paper's trajectory form comes
 free with sampling. Work is written per batch of prompts under `--out`, so a stopped run resumes.
 
-    mitune shapes pool --out runs/pool          # 64 validation + 200 held-out prompts x 16
+    mitune shapes pool --out runs/pool          # 48 validation + 200 held-out prompts x 16
     mitune shapes pool --quick --out /tmp/pool  # the machinery only (CI)
 """
 
@@ -40,10 +40,10 @@ BOOTSTRAPS = 2000
 
 @dataclass(frozen=True)
 class PoolScale:
-    val_prompts: int = 64  # tuning-split prompts: where variants are compared and chosen
+    val_prompts: int = 48  # tuning-split prompts: where variants are compared and chosen
     prompts: int = 200  # held-out evaluation prompts: where they are reported
     candidates: int = 16
-    draws: int = 64  # uniform re-noising draws per prompt; variants use subsets of them
+    draws: int = 32  # uniform re-noising draws per prompt; variants use subsets of them
     steps: int = 25
     guidance: float = 7.5  # the operating guidance of the ShapesWorld bench
     batch_prompts: int = 4  # prompts per unit of resumable work (sampled in one denoiser batch)
@@ -57,26 +57,26 @@ class Variant:
     """A re-noising estimator as a subset of the shared draws, in one form."""
 
     form: str  # "standard" (point-wise) or "orthogonal" (the paper's)
-    draws: int  # the first `draws` draws whose level lies in the band
+    draws: int  # the first `draws` draws whose level lies in the band (at most that many)
     t_low: int = 50  # band: t_low < t <= t_high (t > 50 is the library's default)
     t_high: int = 999
     kappa: bool = True  # False: each level's term unweighted (kappa_t dropped)
 
     @property
     def name(self) -> str:
-        band = "" if (self.t_low, self.t_high) == (50, 999) else f", t {self.t_low}..{self.t_high}"
         weight = "" if self.kappa else ", unweighted"
-        return f"{self.form} K={self.draws}{band}{weight}"
+        if (self.t_low, self.t_high) == (50, 999):
+            return f"{self.form} K={self.draws}{weight}"
+        return f"{self.form}, those of K={self.draws} in t {self.t_low}..{self.t_high}{weight}"
 
 
 def variants(draws: int) -> list[Variant]:
     """The levers the selector issue names: K, the noise band, the level weighting; both forms."""
     ks = [k for k in (8, 16, 32, 64) if k <= draws] or [draws]
-    half = max(1, min(16, draws // 2))
     out = [Variant("orthogonal", min(16, draws))]
     out += [Variant("standard", k) for k in ks]
-    out += [Variant("standard", half, 50, high) for high in (300, 500, 700)]
-    out += [Variant("standard", half, low, 999) for low in (300, 500)]
+    out += [Variant("standard", draws, 50, high) for high in (300, 500, 700)]
+    out += [Variant("standard", draws, low, 999) for low in (300, 500)]
     out += [Variant("standard", min(16, draws), kappa=False)]
     return out
 
@@ -87,6 +87,12 @@ TRAJECTORY = "paper form along the trajectory, t>50"
 def _seed(*parts: object) -> int:
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def _short(values: torch.Tensor) -> list:
+    """Nested lists of 6 significant digits: the work files stay small enough to keep."""
+    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(
+        values.double().cpu().numpy()).tolist()
 
 
 def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
@@ -128,8 +134,8 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
             "fraction": [v.fraction for v in verdicts],
             "trajectory": trajectory[mine].tolist(),
             "levels": [float(table.levels[int(i)]) for i in draws.index],
-            "scale": draws.scale.tolist(),
-            "standard": standard.cpu().tolist(), "orthogonal": orthogonal.cpu().tolist(),
+            "scale": _short(draws.scale), "standard": _short(standard),
+            "orthogonal": _short(orthogonal),
         })
     return out
 

@@ -36,6 +36,7 @@ def test_a_variant_uses_the_first_draws_in_its_band_in_its_form():
                   orthogonal=[[5, 0], [5, 0], [5, 0], [5, 0]], scale=[2, 2, 4, 4])
     np.testing.assert_allclose(variant_scores(rec, Variant("standard", 2)), [5.5, 11])
     np.testing.assert_allclose(variant_scores(rec, Variant("standard", 9, 50, 500)), [2, 3])
+    assert Variant("standard", 32, 50, 500).name == "standard, those of K=32 in t 50..500"
     np.testing.assert_allclose(variant_scores(rec, Variant("standard", 1, 500, 999)), [10, 20])
     np.testing.assert_allclose(variant_scores(rec, Variant("standard", 2, kappa=False)),
                                [(0.5 + 5) / 2, (1 + 10) / 2])
