@@ -52,7 +52,10 @@ class PromptsSection(Section):
     train: list[str] = Field(default_factory=list)  # corpora tuned on (train/validation split)
     eval: list[str] = Field(default_factory=list)  # evaluation prompts: never tuned on
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # held out of tuning, by prompt id
-    max_prompts: int | None = Field(None, ge=1)  # cap: the first N training prompts, corpus order
+    # Cap: a seeded uniform sample of N training prompts from the whole corpus, in one streaming
+    # pass (the N smallest hashes of (sample_seed, prompt id)); the same N on every rerun.
+    max_prompts: int | None = Field(None, ge=1)
+    sample_seed: int = 0
     on_undecodable: Literal["error", "skip"] = "error"  # a non-UTF-8 line: stop, or skip + count
     shard_size: int = Field(256, ge=1)  # prompts per corpus shard (the unit of resumable work)
 

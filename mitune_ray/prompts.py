@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import heapq
 import io
 import json
 import os
@@ -303,25 +304,27 @@ def read_prompts(source: str, *, endpoint_url: str | None = None,
 class CorpusReport:
     """What `prepare_corpus` read, dropped and kept (read = empty + duplicate + skipped + kept)."""
 
-    read: int  # lines / rows read (up to the max_prompts stop)
+    read: int  # lines / rows read
     empty: int  # blank after normalisation
     duplicate: int  # a repeat of an earlier prompt after normalisation
     undecodable_skipped: int  # not UTF-8 or holding a NUL, skipped (on_undecodable="skip")
     truncated: int  # kept, but longer than max_tokens: the text encoder sees a prefix
-    kept: int
+    kept: int  # in the corpus written (after the max_prompts sample)
     train: int
     val: int
     shards: tuple[str, ...]  # relative to the output store, in order
     sources: tuple[str, ...]
     split_name: str | None = None  # every row's split when not split by id (e.g. "eval")
-    reached_max_prompts: bool = False  # reading stopped once max_prompts train prompts were kept
+    sampled_from: int | None = None  # train prompts the max_prompts sample was drawn from
 
     def summary(self) -> str:
         splits = f"all {self.split_name}" if self.split_name else f"train {self.train}, val {self.val}"
         text = (f"read {self.read}, empty {self.empty}, duplicate {self.duplicate}, "
                 f"undecodable skipped {self.undecodable_skipped}, truncated {self.truncated}, "
                 f"kept {self.kept} ({splits})")
-        return text + ("; stopped at max_prompts" if self.reached_max_prompts else "")
+        if self.sampled_from is None:
+            return text
+        return text + f"; train prompts a uniform sample of {self.train} from {self.sampled_from}"
 
 
 def _shard_bytes(rows: list[tuple[str, str, str, str, int]], token_lengths: TokenLengths | None,
@@ -345,7 +348,6 @@ def _kept_rows(sources: list[str], settings: PromptsSection, split_name: str | N
                endpoint_url: str | None, counts: Counter) -> Iterator[tuple[str, str, str, str, int]]:
     """The clean, de-duplicated, split rows of all sources in order; tallies into `counts`."""
     seen: set[int] = set()  # 64-bit ids, not texts: ~60 bytes a prompt however long it is
-    cap = settings.max_prompts if split_name is None else None  # eval lists are never capped here
     for source in sources:
         with closing(read_prompts(source, endpoint_url=endpoint_url)) as rows:
             for _, number, raw in rows:
@@ -365,13 +367,44 @@ def _kept_rows(sources: list[str], settings: PromptsSection, split_name: str | N
                     counts["duplicate"] += 1
                     continue
                 seen.add(int(pid, 16))
-                split = split_name or split_of(pid, settings.val_fraction)
-                counts[split] += 1
-                yield pid, text, split, source, number
-                if cap is not None and counts["train"] >= cap:
-                    # First N in corpus order, so the rest need not be read at all.
-                    counts["reached_max_prompts"] = 1
-                    return
+                yield pid, text, split_name or split_of(pid, settings.val_fraction), source, number
+
+
+def sample_key(seed: int, pid: str) -> int:
+    """The prompt's rank in the seeded uniform sample (`prompts.max_prompts`): smaller is kept."""
+    return int.from_bytes(hashlib.blake2b(f"sample:{seed}:{pid}".encode(), digest_size=8).digest(),
+                          "big")
+
+
+def uniform_sample(rows: Iterator[tuple[str, str, str, str, int]], n: int,
+                   seed: int) -> tuple[list[tuple[str, str, str, str, int]], int]:
+    """A uniform sample of `n` train rows in one pass (bottom-n by `sample_key`), with the val rows
+    under the same key threshold (the same share of the val split), in corpus order; and the
+    number of train rows sampled from. Memory: the kept rows and the val rows seen.
+
+    Example:
+        >>> rows = [(f"{i:016x}", f"p{i}", "train", "s", i) for i in range(10)]
+        >>> kept, seen = uniform_sample(iter(rows), 3, seed=0)
+        >>> len(kept), seen, kept == sorted(kept, key=lambda r: r[4])
+        (3, 10, True)
+    """
+    heap: list[tuple[int, int, tuple]] = []  # (-key, order, row): the n smallest keys
+    val: list[tuple[int, int, tuple]] = []
+    seen = 0
+    for order, row in enumerate(rows):
+        key = sample_key(seed, row[0])
+        if row[2] != "train":
+            val.append((key, order, row))
+            continue
+        seen += 1
+        if len(heap) < n:
+            heapq.heappush(heap, (-key, order, row))
+        elif key < -heap[0][0]:
+            heapq.heapreplace(heap, (-key, order, row))
+    threshold = -heap[0][0] if len(heap) == n else None  # fewer than n: keep everything
+    kept = [(order, row) for _, order, row in heap]
+    kept += [(order, row) for key, order, row in val if threshold is None or key <= threshold]
+    return [row for _, row in sorted(kept)], seen
 
 
 def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
@@ -381,8 +414,9 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
 
     Prompts are normalised, blank ones and repeats dropped (the first occurrence is kept, in
     corpus order), and each kept prompt is split into "train"/"val" by its id, or marked
-    `split_name` for all rows (e.g. "eval": evaluation lists are not split). `max_prompts` stops
-    reading after that many train prompts. Shards are written atomically and are byte-identical
+    `split_name` for all rows (e.g. "eval": evaluation lists are not split). `max_prompts` keeps a
+    seeded uniform sample of that many train prompts (and the val prompts under the same hash
+    threshold), in corpus order, from one streaming pass over the whole corpus. Shards are written atomically and are byte-identical
     between runs on the same input; `report.json` is written last, so its presence marks a complete
     corpus. Stale shards of an earlier, larger run are removed.
 
@@ -423,13 +457,22 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
         shards.append(rel)
         rows.clear()
 
-    for row in _kept_rows(list(sources), settings, split_name, endpoint_url, counts):
+    stream = _kept_rows(list(sources), settings, split_name, endpoint_url, counts)
+    cap = settings.max_prompts if split_name is None else None  # eval lists are never capped here
+    sampled_from = None
+    if cap is not None:
+        chosen, train_seen = uniform_sample(stream, cap, settings.sample_seed)
+        sampled_from = train_seen if train_seen > cap else None
+        stream = iter(chosen)
+    for row in stream:
         rows.append(row)
+        counts[row[2]] += 1
+        counts["kept"] += 1
         if len(rows) == settings.shard_size:
             flush()
     if rows:
         flush()
-    kept = counts["read"] - counts["empty"] - counts["duplicate"] - counts["undecodable_skipped"]
+    kept = counts["kept"]
     if kept == 0:
         raise MituneError(f"no prompts in {', '.join(sources)} (read {counts['read']}: "
                           f"{counts['empty']} empty, {counts['undecodable_skipped']} undecodable "
@@ -440,11 +483,11 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
         read=counts["read"], empty=counts["empty"], duplicate=counts["duplicate"],
         undecodable_skipped=counts["undecodable_skipped"], truncated=counts["truncated"],
         kept=kept, train=counts["train"], val=counts["val"], shards=tuple(shards),
-        sources=tuple(sources), split_name=split_name,
-        reached_max_prompts=bool(counts["reached_max_prompts"]),
+        sources=tuple(sources), split_name=split_name, sampled_from=sampled_from,
     )
     settings_used = {"val_fraction": settings.val_fraction,
                      "max_prompts": settings.max_prompts if split_name is None else None,
+                     "sample_seed": settings.sample_seed if sampled_from else None,
                      "max_tokens": max_tokens if token_lengths else None}
     out.write_json("report.json", asdict(report) | {"settings": settings_used})
     return report

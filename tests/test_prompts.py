@@ -424,29 +424,54 @@ def test_rerun_in_place_identical_and_stale_shards_removed(tmp_path):
     assert out.list("shards") == ["shards/shard-00000.parquet"] == list(bigger.shards)
     stored = out.read_json("report.json")
     assert stored["kept"] == bigger.kept == 700 and stored["shards"] == ["shards/shard-00000.parquet"]
-    assert stored["settings"] == {"val_fraction": 0.0, "max_prompts": None, "max_tokens": None}
+    assert stored["settings"] == {"val_fraction": 0.0, "max_prompts": None, "sample_seed": None,
+                                  "max_tokens": None}
 
 
-def test_max_prompts_first_train_prompts_in_order(tmp_path):
+def test_max_prompts_is_a_seeded_uniform_sample_of_the_whole_corpus(tmp_path):
+    from mitune_ray.prompts import sample_key
+
     src = str(COMPBENCH / "complex_train.txt")
     lines = list(dict.fromkeys((COMPBENCH / "complex_train.txt").read_text().splitlines()))
-    want = [p for p in lines if int(sha16(p), 16) >= 0.2 * 2**64][:50]
+    train = [p for p in lines if int(sha16(p), 16) >= 0.2 * 2**64]
+    val = [p for p in lines if int(sha16(p), 16) < 0.2 * 2**64]
     out = Store(str(tmp_path / "o"))
     report = prepare_corpus([src], out, settings=PromptsSection(val_fraction=0.2, max_prompts=50))
-    assert report.train == 50 and report.reached_max_prompts
+    # The 50 train prompts with the smallest seeded keys, in corpus order; val prompts under the
+    # same threshold; every line read (no early stop).
+    threshold = sorted(sample_key(0, sha16(p)) for p in train)[49]
+    want_train = [p for p in train if sample_key(0, sha16(p)) <= threshold]
+    want_val = [p for p in val if sample_key(0, sha16(p)) <= threshold]
     rows = corpus_rows(out, report)
-    assert [p for _, p, s in rows if s == "train"] == want
-    assert report.read == lines.index(want[-1]) + 1  # stopped right after the 50th train prompt
+    assert [p for _, p, s in rows if s == "train"] == want_train and len(want_train) == 50
+    assert [p for _, p, s in rows if s == "val"] == want_val
+    assert report.read == len(lines) and report.sampled_from == len(train)
+    assert (report.train, report.val, report.kept) == (50, len(want_val), 50 + len(want_val))
+    assert [p for _, p, _ in rows] == [p for p in lines if p in set(want_train + want_val)]
+    # Drawn from the whole file, not its head: some kept prompts sit in its last half.
+    assert max(lines.index(p) for p in want_train) > len(lines) // 2
     assert report.summary() == (f"read {report.read}, empty 0, duplicate 0, undecodable skipped 0, "
                                 f"truncated 0, kept {report.kept} (train 50, val {report.val}); "
-                                "stopped at max_prompts")
+                                f"train prompts a uniform sample of 50 from {len(train)}")
+    # Stable across reruns; another seed draws another sample.
+    again = prepare_corpus([src], Store(str(tmp_path / "again")),
+                           settings=PromptsSection(val_fraction=0.2, max_prompts=50))
+    assert corpus_rows(Store(str(tmp_path / "again")), again) == rows
+    other = prepare_corpus([src], Store(str(tmp_path / "other")),
+                           settings=PromptsSection(val_fraction=0.2, max_prompts=50, sample_seed=1))
+    assert corpus_rows(Store(str(tmp_path / "other")), other) != rows
+    assert out.read_json("report.json")["settings"]["sample_seed"] == 0
+    # A cap above the corpus keeps everything and says it did not sample.
+    whole = prepare_corpus([src], Store(str(tmp_path / "whole")),
+                           settings=PromptsSection(val_fraction=0.2, max_prompts=10**6))
+    assert (whole.train, whole.val, whole.sampled_from) == (len(train), len(val), None)
 
 
 def test_eval_split_marks_all_rows_and_is_not_capped(tmp_path):
     out = Store(str(tmp_path / "o"))
     report = prepare_corpus([str(COMPBENCH / "color_val.txt")], out, split_name="eval",
                             settings=PromptsSection(val_fraction=0.5, max_prompts=10))
-    assert (report.kept, report.train, report.val, report.reached_max_prompts) == (300, 0, 0, False)
+    assert (report.kept, report.train, report.val, report.sampled_from) == (300, 0, 0, None)
     assert {s for _, _, s in corpus_rows(out, report)} == {"eval"}
     assert report.summary().endswith("kept 300 (all eval)")
 
