@@ -195,7 +195,8 @@ class EvalSection(Section):
             if metric in self.metrics and not path:
                 key = {"blip_vqa": "blip_path", "clip_score": "clip_path", "hps": "hps_path"}[metric]
                 raise ValueError(f"eval.metrics has {metric} but eval.{key} is not set; point it "
-                                 "at a local weights folder (see docs/configuration.md, evaluation with real weights)")
+                                 "at a local weights folder (docs/configuration.md, evaluation "
+                                 "with real weights)")
         return self
 
 
