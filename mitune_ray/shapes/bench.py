@@ -41,10 +41,11 @@ ARMS = ("mi", "random", "checker")
 
 @dataclass(frozen=True)
 class Scale:
+    # The result files these comments name are in the repository's research/shapes/results/.
     agree_prompts: int = 128  # 16 gave intervals of +-0.2: too wide to tell tau 0.1 from 0
     agree_candidates: int = 8
     steps: int = 25
-    # Part 2's fine-tuning step: a GPU sweep in one process (`python -m mitune_ray.shapes.sweep`,
+    # Part 2's fine-tuning step: a GPU sweep in one process (`python -m research.shapes.sweep`,
     # H100, 2026-11-27) found that 46 kept images a round (48 prompts, keep 1) at lr 1e-4 move
     # nothing, and that 6e-4 memorises them; 384 kept images (192 prompts, keep 2). On the model
     # shipped 2026-12-06 the sweep's recipe (600 steps of 16 at lr 2e-4, the loss weighting and
