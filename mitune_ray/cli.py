@@ -21,6 +21,7 @@ import os
 import sys
 from importlib import resources
 
+from mitune_ray import __version__
 from mitune_ray.errors import MituneError
 
 DEMO = "demo.yaml"
@@ -143,6 +144,7 @@ def cmd_prompts(args) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mitune", description="MI-TUNE on Ray: self-supervised "
                                   "text-to-image alignment by point-wise mutual information.")
+    top.add_argument("--version", action="version", version=f"mitune_ray {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run or resume a multi-round MI-TUNE run")
     _add_config_args(p, demo=True)

@@ -122,3 +122,12 @@ def test_missing_bucket_and_wrong_credentials(tmp_path, s3_server, s3_bucket):
                   env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     assert_one_line_error(proc, "access denied")
     assert SECRET_KEY not in proc.stderr + proc.stdout and "not-the-secret" not in proc.stderr
+
+
+def test_version_prints_the_package_version(capsys):
+    from mitune_ray import __version__
+    from mitune_ray.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--version"])
+    assert err.value.code == 0 and capsys.readouterr().out.strip() == f"mitune_ray {__version__}"
