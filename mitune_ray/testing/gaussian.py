@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from mitune_ray.mi import draw_levels, eps_term, renoise_mi, velocity_term
+
 DT = torch.float64
 
 
@@ -147,33 +149,56 @@ def expected_terms(world: GaussianWorld, prediction: str, table, x, y):
     return torch.stack(standard), torch.stack(orthogonal)
 
 
-def ddpm_sample(world: GaussianWorld, y, timesteps, abar, g: torch.Generator, on_step=None):
-    """DDPM's ancestral sampler with the exact conditional denoiser (guidance 1) on the grid
-    `timesteps` (descending): the finished x ~ p(x|y). `on_step(i, eps_cond, eps_uncond)` sees the
-    CFG pair of every step, as MI-TUNE's trajectory estimator does."""
+def ddpm_sample(world: GaussianWorld, y, timesteps, abar, g: torch.Generator, on_step=None, *,
+                guidance: float = 1.0):
+    """DDPM's ancestral sampler with the exact denoisers, classifier-free guided, on the grid
+    `timesteps` (descending): at guidance 1 the finished x ~ p(x|y). `on_step(i, eps_cond,
+    eps_uncond)` sees the CFG pair of every step, as MI-TUNE's trajectory estimator does."""
     z = torch.randn(len(y), world.d, generator=g, dtype=DT)
     ts = list(timesteps)
     for i, t in enumerate(ts):
         a, n = abar[t].sqrt().item(), (1 - abar[t]).sqrt().item()
-        eps_c = world.eps_hat(z, a, n, y)
+        eps_c, eps_u = world.eps_hat(z, a, n, y), world.eps_hat(z, a, n)
         if on_step is not None:
-            on_step(i, eps_c, world.eps_hat(z, a, n))
+            on_step(i, eps_c, eps_u)
+        eps = eps_u + guidance * (eps_c - eps_u)
         prev = abar[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
         alpha_t = abar[t].item() / prev
-        x0 = (z - n * eps_c) / a
+        x0 = (z - n * eps) / a
         mean = (prev**0.5 * (1 - alpha_t) * x0 + alpha_t**0.5 * (1 - prev) * z) / (1 - abar[t].item())
         var = (1 - prev) / (1 - abar[t].item()) * (1 - alpha_t)
         z = mean + var**0.5 * torch.randn(z.shape, generator=g, dtype=DT)
     return z
 
 
-def euler_sample(world: GaussianWorld, y, sigmas, g: torch.Generator, on_step=None):
-    """Diffusers' flow Euler sampler with the exact conditional velocity on `sigmas` (with the
-    final 0): the finished x ~ p(x|y). `on_step(i, v_cond, v_uncond)` sees every step's pair."""
+def euler_sample(world: GaussianWorld, y, sigmas, g: torch.Generator, on_step=None, *,
+                 guidance: float = 1.0):
+    """Diffusers' flow Euler sampler with the exact velocities, classifier-free guided, on
+    `sigmas` (with the final 0): at guidance 1 the finished x ~ p(x|y). `on_step(i, v_cond,
+    v_uncond)` sees every step's pair."""
     x = torch.randn(len(y), world.d, generator=g, dtype=DT)
     for i, s in enumerate(sigmas[:-1]):
-        v = world.v_hat(x, s, y)
+        v_c, v_u = world.v_hat(x, s, y), world.v_hat(x, s)
         if on_step is not None:
-            on_step(i, v, world.v_hat(x, s))
-        x = x + (sigmas[i + 1] - s) * v
+            on_step(i, v_c, v_u)
+        x = x + (sigmas[i + 1] - s) * (v_u + guidance * (v_c - v_u))
     return x
+
+
+def shared_draw_estimates(world: GaussianWorld, prediction: str, table, x, y, g: torch.Generator,
+                          *, candidates: int, draws: int, form: str) -> torch.Tensor:
+    """The re-noising estimator as the sampler runs it on a pool (prompt-major rows of
+    `candidates` each): `draws` (level, noise) draws per prompt, shared by its candidates."""
+    term = velocity_term if prediction == "flow" else eps_term
+    out = []
+    for start in range(0, len(x), candidates):
+        rows = slice(start, start + candidates)
+        shared = draw_levels(table, draws, (world.d,), generator=g)
+
+        def predict(z, levels, ys=y[rows]):
+            j = int((table.levels - float(levels[0])).abs().argmin())
+            a, n = float(table.signal[j]), float(table.noise[j])
+            return world.predict(prediction, z, a, n, ys), world.predict(prediction, z, a, n)
+
+        out.append(renoise_mi(predict, x[rows], table, shared, term, form=form)[0])
+    return torch.cat(out)

@@ -28,11 +28,12 @@ import torch
 from scipy.stats import kendalltau
 
 from mitune_ray.mi import (
-    TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, flow_levels,
-    flow_trajectory_weights, renoise_mi, velocity_term,
+    TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, eps_term, flow_levels,
+    flow_trajectory_weights, velocity_term,
 )
 from mitune_ray.testing.gaussian import (
-    DT, GaussianWorld, expected_terms, sd_alphas_cumprod,
+    DT, GaussianWorld, ddpm_sample, euler_sample, expected_terms, sd_alphas_cumprod,
+    shared_draw_estimates,
 )
 
 PROMPTS, CANDIDATES, DRAWS = 100, 16, 16
@@ -56,20 +57,9 @@ def renoise_forms(world, prediction, table, x, y, g):
     standard, orthogonal = expected_terms(world, prediction, table, x, y)
     w = table.weights.to(DT)[:, None]
     out = {"standard, exact": (w * standard).sum(0), "paper's form, exact": (w * orthogonal).sum(0)}
-    term = velocity_term if prediction == "flow" else eps_term
     for form, name in (("standard", f"standard, K={DRAWS}"), ("orthogonal", f"paper's form, K={DRAWS}")):
-        parts = []
-        for p in range(PROMPTS):
-            rows = slice(p * CANDIDATES, (p + 1) * CANDIDATES)
-            draws = draw_levels(table, DRAWS, (world.d,), generator=g)
-
-            def predict(z, levels, ys=y[rows]):
-                j = int((table.levels - float(levels[0])).abs().argmin())
-                a, n = float(table.signal[j]), float(table.noise[j])
-                return world.predict(prediction, z, a, n, ys), world.predict(prediction, z, a, n)
-
-            parts.append(renoise_mi(predict, x[rows], table, draws, term, form=form)[0])
-        out[name] = torch.cat(parts).double()
+        out[name] = shared_draw_estimates(world, prediction, table, x, y, g, candidates=CANDIDATES,
+                                          draws=DRAWS, form=form).double()
     return out
 
 
@@ -78,18 +68,7 @@ def sampled_ddpm(world, y, guidance, g):
     abar = sd_alphas_cumprod()
     grid = list(range(1000 - 1000 // DDPM_STEPS + 1, 0, -(1000 // DDPM_STEPS)))  # "leading", offset 1
     acc = TrajectoryMI(ddpm_trajectory_weights(grid, abar, t_min=50), eps_term, batch=len(y), device="cpu")
-    z = torch.randn(len(y), world.d, generator=g, dtype=DT)
-    for i, t in enumerate(grid):
-        a, n = abar[t].sqrt().item(), (1 - abar[t]).sqrt().item()
-        eps_c, eps_u = world.eps_hat(z, a, n, y), world.eps_hat(z, a, n)
-        acc.update(i, eps_c, eps_u)
-        eps = eps_u + guidance * (eps_c - eps_u)
-        prev = abar[grid[i + 1]].item() if i + 1 < len(grid) else 1.0
-        alpha_t = abar[t].item() / prev
-        x0 = (z - n * eps) / a
-        mean = (prev**0.5 * (1 - alpha_t) * x0 + alpha_t**0.5 * (1 - prev) * z) / (1 - abar[t].item())
-        var = (1 - prev) / (1 - abar[t].item()) * (1 - alpha_t)
-        z = mean + var**0.5 * torch.randn(z.shape, generator=g, dtype=DT)
+    z = ddpm_sample(world, y, grid, abar, g, on_step=acc.update, guidance=guidance)
     return z, acc.mi.double()
 
 
@@ -99,11 +78,7 @@ def sampled_flow(world, y, guidance, g):
     sigmas = (SHIFT * t / (1 + (SHIFT - 1) * t)).tolist() + [0.0]
     acc = TrajectoryMI(flow_trajectory_weights(sigmas, sigma_min=0.05), velocity_term,
                        batch=len(y), device="cpu")
-    x = torch.randn(len(y), world.d, generator=g, dtype=DT)
-    for i, s in enumerate(sigmas[:-1]):
-        v_c, v_u = world.v_hat(x, s, y), world.v_hat(x, s)
-        acc.update(i, v_c, v_u)
-        x = x + (sigmas[i + 1] - s) * (v_u + guidance * (v_c - v_u))
+    x = euler_sample(world, y, sigmas, g, on_step=acc.update, guidance=guidance)
     return x, acc.mi.double()
 
 

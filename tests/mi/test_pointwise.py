@@ -18,9 +18,10 @@ from scipy.stats import kendalltau
 
 from mitune_ray.mi import (
     ddpm_levels, draw_levels, eps_term, flow_levels, regression_target, renoise_mi, standard_term,
-    velocity_term,
 )
-from mitune_ray.testing.gaussian import DT, GaussianWorld, expected_terms, sd_alphas_cumprod
+from mitune_ray.testing.gaussian import (
+    DT, GaussianWorld, expected_terms, sd_alphas_cumprod, shared_draw_estimates,
+)
 
 PROMPTS, CANDIDATES, DRAWS = 100, 16, 16
 SEED = int(os.environ.get("MITUNE_TEST_SEED", "0"))
@@ -38,23 +39,6 @@ def _mean_tau(values: torch.Tensor, exact: torch.Tensor) -> float:
     return float(np.mean([kendalltau(a, b).statistic for a, b in zip(v, e)]))
 
 
-def _shared_draws(world, prediction, table, x, y, g, form):
-    """The re-noising estimator as the sampler runs it: K draws shared by a prompt's candidates."""
-    term = velocity_term if prediction == "flow" else eps_term
-    out = []
-    for p in range(PROMPTS):
-        rows = slice(p * CANDIDATES, (p + 1) * CANDIDATES)
-        draws = draw_levels(table, DRAWS, (world.d,), generator=g)
-
-        def predict(z, levels, ys=y[rows]):
-            j = int((table.levels - float(levels[0])).abs().argmin())
-            a, n = float(table.signal[j]), float(table.noise[j])
-            return world.predict(prediction, z, a, n, ys), world.predict(prediction, z, a, n)
-
-        out.append(renoise_mi(predict, x[rows], table, draws, term, form=form)[0])
-    return torch.cat(out)
-
-
 @pytest.fixture(scope="module")
 def pools():
     world = GaussianWorld()
@@ -68,8 +52,11 @@ def pools():
         out[prediction] = dict(
             exact=world.log_ratio(x, y), standard=(w * standard).sum(0),
             orthogonal=(w * orthogonal).sum(0),
-            standard_k=_shared_draws(world, prediction, table, x, y, g, "standard"),
-            orthogonal_k=_shared_draws(world, prediction, table, x, y, g, "orthogonal"))
+            standard_k=shared_draw_estimates(world, prediction, table, x, y, g,
+                                             candidates=CANDIDATES, draws=DRAWS, form="standard"),
+            orthogonal_k=shared_draw_estimates(world, prediction, table, x, y, g,
+                                               candidates=CANDIDATES, draws=DRAWS,
+                                               form="orthogonal"))
     return out
 
 
