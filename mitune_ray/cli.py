@@ -67,26 +67,27 @@ def _recipe(args):
 
 
 def cmd_stage(args) -> int:
-    from mitune_ray.driver import plan_round, round_dir
+    from mitune_ray import layout
+    from mitune_ray.driver import plan_round
 
     recipe = _recipe(args)
     try:
         r = args.round
         if r < 1 or r > recipe.cfg.run.rounds:
             raise MituneError(f"--round {r} is outside 1..run.rounds={recipe.cfg.run.rounds}")
-        recipe._stage("prompts", recipe.prompts_stage)
+        recipe._stage(layout.PROMPTS_STAGE, recipe.prompts_stage)
         plan = plan_round(recipe.cfg, r, recipe.adapter_uri)
         for earlier in range(1, r):
-            if recipe.manifest.stage(f"{round_dir(earlier)}/train") is None:
+            if recipe.manifest.stage(layout.train_stage(earlier)) is None:
                 raise MituneError(f"round {earlier} is not trained yet; run its stages first "
                                   f"(mitune run, or mitune train --round {earlier})")
         if args.command == "generate":
-            recipe._stage(f"{round_dir(r)}/generate", lambda: recipe.generate_stage(r, plan))
+            recipe._stage(layout.generate_stage(r), lambda: recipe.generate_stage(r, plan))
         else:
-            if recipe.manifest.stage(f"{round_dir(r)}/generate") is None:
+            if recipe.manifest.stage(layout.generate_stage(r)) is None:
                 raise MituneError(f"round {r} has no generated selected set; run "
                                   f"'mitune generate --round {r}' first")
-            recipe._stage(f"{round_dir(r)}/train", lambda: recipe.train_stage(r, plan))
+            recipe._stage(layout.train_stage(r), lambda: recipe.train_stage(r, plan))
     finally:
         recipe.cleanup()
     return 0
@@ -101,7 +102,7 @@ def cmd_score(args) -> int:
 
 def cmd_status(args) -> int:
     from mitune_ray.driver import status_text
-    from mitune_ray.manifest import MANIFEST
+    from mitune_ray.layout import MANIFEST
     from mitune_ray.storage import Store
 
     store = Store(args.run_uri)

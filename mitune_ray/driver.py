@@ -2,8 +2,9 @@
 
     prompts -> for r in 1..R: generate (model + adapters of earlier rounds) -> train -> [evaluate]
 
-Each stage's outputs live under the run URI (`round-00r/selected`, `round-00r/adapter`, ...) and
-the stage counts as done only once its manifest entry is committed (written last, atomically).
+Each stage's outputs live under the run URI (`round-00r/selected`, `round-00r/adapter`, ...: see
+`mitune_ray.layout`) and the stage counts as done only once its manifest entry is committed
+(written last, atomically).
 Rerunning the same command resumes at the first uncommitted stage; a stage interrupted midway
 resumes its own work too (generation skips written shards, training restores its checkpoint).
 
@@ -18,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from mitune_ray import faults
+from mitune_ray import faults, layout
 from mitune_ray.config import Config
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Family
@@ -31,10 +32,8 @@ from mitune_ray.training.loss import refuse_diffusion_only
 SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
 # train: the base model's training split; eval: held out; tune: held out, disjoint from eval
 SYNTHETIC_SPLITS = ("train", "eval", "tune")
-
-
-def round_dir(r: int) -> str:
-    return f"round-{r:03d}"
+TRAIN_PROMPTS = layout.prompts_dir(layout.TRAIN_SPLIT)
+EVAL_PROMPTS = layout.prompts_dir(layout.EVAL_SPLIT)
 
 
 def model_family(cfg: Config) -> Family:
@@ -91,7 +90,7 @@ def _materialize_sources(sources: list[str], store: Store, kind: str) -> list[st
         from mitune_ray.shapes import prompts as shapes_prompts
 
         maker = getattr(shapes_prompts, f"{parts[1]}_prompts")
-        rel = f"inputs/shapes-{parts[1]}-{parts[2]}.txt"
+        rel = layout.input_file(f"shapes-{parts[1]}-{parts[2]}")
         store.write_bytes(rel, "\n".join(maker(int(parts[2]))).encode())
         out.append(store.child_uri(rel))
     return out
@@ -139,7 +138,7 @@ class Recipe:
                  f"{self.cfg.run.rounds} rounds")
 
     def adapter_uri(self, r: int) -> str:
-        return self.store.child_uri(f"{round_dir(r)}/adapter")
+        return self.store.child_uri(layout.adapter_dir(r))
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -169,16 +168,17 @@ class Recipe:
             return [len(ids) for ids in tokenizer(texts, truncation=False).input_ids]
 
         train = prepare_corpus(_materialize_sources(p.train, self.store, "prompts.train"),
-                               self.store.child("prompts/train"), settings=p,
+                               self.store.child(TRAIN_PROMPTS), settings=p,
                                endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)
         self.log(f"[prompts] train corpus: {train.summary()}")
         info = {"train": dataclasses.asdict(train)}
         if p.eval:
             ev = prepare_corpus(_materialize_sources(p.eval, self.store, "prompts.eval"),
-                                self.store.child("prompts/eval"), settings=p, split_name="eval",
+                                self.store.child(EVAL_PROMPTS), settings=p,
+                                split_name=layout.EVAL_SPLIT,
                                 endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)
             self.log(f"[prompts] eval corpus: {ev.summary()}")
-            info["eval"] = dataclasses.asdict(ev)
+            info[layout.EVAL_SPLIT] = dataclasses.asdict(ev)
             info["excluded_eval_overlap"] = sorted(self._eval_overlap(train, ev))
         return info
 
@@ -186,9 +186,10 @@ class Recipe:
         """Evaluation prompts are never tuned on, even if a training corpus also holds them."""
         from mitune_ray.prompts import read_prompt_shard
 
-        eval_ids = {pid for s in ev.shards for pid, _, _ in read_prompt_shard(self.store.child("prompts/eval"), s)}
+        eval_ids = {pid for s in ev.shards
+                    for pid, _, _ in read_prompt_shard(self.store.child(EVAL_PROMPTS), s)}
         train_ids = {pid for s in train.shards for pid, _, split in
-                     read_prompt_shard(self.store.child("prompts/train"), s) if split == "train"}
+                     read_prompt_shard(self.store.child(TRAIN_PROMPTS), s) if split == "train"}
         return eval_ids & train_ids
 
     def generate_stage(self, r: int, plan: RoundPlan) -> dict:
@@ -196,21 +197,21 @@ class Recipe:
         from mitune_ray.runtime import ensure_ray
 
         ensure_ray(self.cfg.ray)  # started only when needed: bad input fails before Ray starts
-        prompts = self.manifest.stage("prompts")
+        prompts = self.manifest.stage(layout.PROMPTS_STAGE)
         excluded = frozenset(prompts.get("excluded_eval_overlap", []))
         model = ModelSpec(self.cfg.model.path, self.family.name, self.cfg.model.dtype,
                           self.cfg.model.resolution, tuple(plan.generate_adapters),
                           self.cfg.storage.endpoint_url)
         summary = generate_round(
             model=model, gen=self.cfg.generate, mi=self.cfg.mi, round_index=r,
-            prompts=self.store.child("prompts/train"), shards=prompts["train"]["shards"],
-            out=self.store.child(round_dir(r)), exclude=excluded, gallery=self.gallery_ids(excluded),
+            prompts=self.store.child(TRAIN_PROMPTS), shards=prompts["train"]["shards"],
+            out=self.store.child(layout.round_dir(r)), exclude=excluded, gallery=self.gallery_ids(excluded),
             expected_prompts=prompts["train"]["train"] - len(excluded), log=self.log)
         return {"prompts": summary.prompts + summary.skipped, "rows": summary.rows,
                 "candidates": summary.candidates, "mi_mean": summary.mi_mean,
                 "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
                 "actors": len(summary.actors), "adapters": plan.generate_adapters,
-                "selected": f"{round_dir(r)}/selected",
+                "selected": f"{layout.round_dir(r)}/{layout.SELECTED}",
                 "pool": None if summary.pool is None else dataclasses.asdict(summary.pool)}
 
     def gallery_ids(self, excluded: frozenset[str]) -> frozenset[str]:
@@ -218,8 +219,8 @@ class Recipe:
         from mitune_ray.prompts import read_prompt_shard
 
         n, out = self.cfg.generate.gallery_prompts, []
-        for shard in self.manifest.stage("prompts")["train"]["shards"]:
-            for pid, _, split in read_prompt_shard(self.store.child("prompts/train"), shard):
+        for shard in self.manifest.stage(layout.PROMPTS_STAGE)["train"]["shards"]:
+            for pid, _, split in read_prompt_shard(self.store.child(TRAIN_PROMPTS), shard):
                 if split == "train" and pid not in excluded and len(out) < n:
                     out.append(pid)
         return frozenset(out)
@@ -230,8 +231,8 @@ class Recipe:
 
         n = self.cfg.train.validation_prompts
         out = []
-        for shard in self.manifest.stage("prompts")["train"]["shards"]:
-            for pid, text, split in read_prompt_shard(self.store.child("prompts/train"), shard):
+        for shard in self.manifest.stage(layout.PROMPTS_STAGE)["train"]["shards"]:
+            for pid, text, split in read_prompt_shard(self.store.child(TRAIN_PROMPTS), shard):
                 if split == "val" and len(out) < n:
                     out.append(Prompt(pid, text))
         return out
@@ -241,15 +242,16 @@ class Recipe:
         from mitune_ray.train import train_adapter
 
         ensure_ray(self.cfg.ray)
-        selected = [f"{round_dir(i)}/{part}" for i in plan.selected_rounds
-                    for part in self.store.child(round_dir(i)).list("selected", suffix=".parquet")]
+        selected = [f"{layout.round_dir(i)}/{part}" for i in plan.selected_rounds
+                    for part in self.store.child(layout.round_dir(i)).list(layout.SELECTED,
+                                                                            suffix=".parquet")]
         result = train_adapter(
             self.cfg, model_path=self.cfg.model.path, selected=[self.store.child_uri(s) for s in selected],
-            out=self.store.child(round_dir(r)), run_name=f"train-{round_dir(r)}",
+            out=self.store.child(layout.round_dir(r)), run_name=layout.train_run_name(r),
             init_adapter=plan.init_adapter, base_adapters=plan.base_adapters,
             validation_prompts=self.validation_prompts(), log=self.log)
         info = json.loads(json.dumps(dataclasses.asdict(result), default=str))
-        return {"adapter": f"{round_dir(r)}/adapter", "result": info,
+        return {"adapter": layout.adapter_dir(r), "result": info,
                 "trained_on_rounds": plan.selected_rounds, "init_adapter": plan.init_adapter,
                 "base_adapters": plan.base_adapters}
 
@@ -261,13 +263,14 @@ class Recipe:
     # -- the recipe -----------------------------------------------------------------------------
 
     def run(self) -> dict:
-        self._stage("prompts", self.prompts_stage)
+        self._stage(layout.PROMPTS_STAGE, self.prompts_stage)
         for r in range(1, self.cfg.run.rounds + 1):
             plan = plan_round(self.cfg, r, self.adapter_uri)
-            self._stage(f"{round_dir(r)}/generate", lambda: self.generate_stage(r, plan))
-            self._stage(f"{round_dir(r)}/train", lambda: self.train_stage(r, plan))
+            self._stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
+            self._stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
             if self.cfg.run.evaluate:
-                self._stage(f"{round_dir(r)}/evaluate", lambda: self.evaluate_stage(r, plan))
+                self._stage(layout.evaluate_stage(layout.round_dir(r)),
+                            lambda: self.evaluate_stage(r, plan))
         return self.manifest.data
 
     def cleanup(self) -> None:
@@ -298,20 +301,21 @@ def status_text(manifest: dict, uri: str) -> str:
     stages = manifest.get("stages", {})
     for name, entry in stages.items():
         secs = entry.get("seconds", 0.0)
-        if name == "prompts":
+        kind = layout.stage_kind(name)
+        if kind == "prompts":
             t = entry["train"]
             detail = f"{t['kept']} prompts kept ({t['train']} train, {t['val']} val)"
-        elif name.endswith("/generate"):
+        elif kind == "generate":
             detail = (f"{entry['rows']} selected rows from {entry['candidates']} new candidates, "
                       f"MI {entry['mi_mean']:.4g}")
             if entry.get("pool"):
                 detail += "; " + PoolCheck(**entry["pool"]).line()
-        elif name.endswith("/train"):
+        elif kind == "train":
             res = entry.get("result", {})
             detail = f"adapter {entry['adapter']}, {res.get('steps', '?')} steps"
             if res.get("final_loss") is not None:
                 detail += f", loss {res.get('initial_loss', float('nan')):.4g} -> {res['final_loss']:.4g}"
-        elif "/evaluate" in name:  # also /evaluate-guidance-G
+        elif kind == "evaluate":  # also /evaluate-guidance-G
             summary = entry.get("summary", {})
             metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
                                 for k, v in summary.get("metrics", {}).items())
@@ -320,6 +324,6 @@ def status_text(manifest: dict, uri: str) -> str:
             detail = ", ".join(f"{k}={v}" for k, v in entry.get("summary", {}).items())
         lines.append(f"  {name:<20} {entry['status']:<10} {secs:8.1f}s  {detail}")
     rounds = manifest.get("config", {}).get("run", {}).get("rounds")
-    done = sum(1 for n in stages if n.endswith("/train"))
+    done = sum(1 for n in stages if layout.stage_kind(n) == "train")
     lines.append(f"  {done}/{rounds} rounds trained")
     return "\n".join(lines)

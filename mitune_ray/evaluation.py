@@ -22,25 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mitune_ray import layout
 from mitune_ray.errors import MituneError
 from mitune_ray.records import to_parquet_bytes
 from mitune_ray.storage import Store
 
-BASE = "eval-base"
-
-
-def guidance_suffix(guidance: float | None) -> str:
-    """The folder and stage suffix of an evaluation at another guidance ("" at the run's own).
-
-        >>> guidance_suffix(5.0), guidance_suffix(7.5), guidance_suffix(None)
-        ('-guidance-5', '-guidance-7.5', '')
-    """
-    return "" if guidance is None else f"-guidance-{guidance:g}"
-
-
-def eval_folder(guidance: float | None = None) -> str:
-    """A version's evaluation folder: "eval" at the run's guidance, "eval-guidance-G" at G."""
-    return f"eval{guidance_suffix(guidance)}"
+EVAL_PROMPTS = layout.prompts_dir(layout.EVAL_SPLIT)
 
 
 def check_guidance(guidance: float, where: str) -> None:
@@ -64,12 +51,12 @@ def category_of(source: str) -> str:
 
 def _eval_prompts(recipe) -> tuple[list[str], dict[str, str], int]:
     """(shards, prompt id -> category, count) of the evaluation prompts, capped by eval.max_prompts."""
-    entry = recipe.manifest.stage("prompts")
-    if "eval" not in entry:
+    entry = recipe.manifest.stage(layout.PROMPTS_STAGE)
+    if layout.EVAL_SPLIT not in entry:
         raise MituneError("the run has no evaluation prompts; set prompts.eval (e.g. the "
                           "T2I-CompBench *_val.txt files) before evaluating")
-    store = recipe.store.child("prompts/eval")
-    shards = entry["eval"]["shards"]
+    store = recipe.store.child(EVAL_PROMPTS)
+    shards = entry[layout.EVAL_SPLIT]["shards"]
     categories: dict[str, str] = {}
     cap = recipe.cfg.eval.max_prompts
     for shard in shards:
@@ -143,7 +130,7 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
     ensure_ray(recipe.cfg.ray)
     cfg = recipe.cfg
     shards, categories, n = _eval_prompts(recipe)
-    eval_store = recipe.store.child("prompts/eval")
+    eval_store = recipe.store.child(EVAL_PROMPTS)
     all_ids = set()
     for shard in shards:
         all_ids |= set(pq.read_table(eval_store.path(shard), columns=["prompt_id"],
@@ -153,16 +140,17 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
                                           "select_by": "mi", "pool_metric": "none",
                                           "prune": cfg.generate.prune.model_copy(update={"enabled": False})}
                                   | ({} if guidance is None else {"guidance": guidance}))
-    out = recipe.store.child(f"{name}/{eval_folder(guidance)}")
+    out = recipe.store.child(f"{name}/{layout.eval_dir(guidance)}")
     model = ModelSpec(cfg.model.path, recipe.family.name, cfg.model.dtype, cfg.model.resolution,
                       tuple(adapters), cfg.storage.endpoint_url)
     generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=eval_store,
-                   shards=shards, out=out, split="eval", expected_prompts=n,
+                   shards=shards, out=out, split=layout.EVAL_SPLIT, expected_prompts=n,
                    exclude=frozenset(all_ids - set(categories)), with_tensors=False, log=recipe.log)
-    table = out.read_parquet("selected", columns=["prompt_id", "prompt", "candidate", "seed", "mi",
-                                                  "png"])
+    table = out.read_parquet(layout.SELECTED, columns=["prompt_id", "prompt", "candidate", "seed",
+                                                       "mi", "png"])
     if table is None:
-        raise MituneError(f"evaluation of {name} wrote no images to {out.child_uri('selected')}")
+        raise MituneError(f"evaluation of {name} wrote no images to "
+                          f"{out.child_uri(layout.SELECTED)}")
     table = table.sort_by([("prompt_id", "ascending"), ("candidate", "ascending")])
     values = _metric_columns(recipe, table)
     cats = [categories[p] for p in table.column("prompt_id").to_pylist()]
@@ -170,12 +158,12 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
     for k, v in values.items():
         if k != "mi":
             scores = scores.append_column(k, pa.array(v, pa.float64()))
-    out.write_bytes("scores.parquet", to_parquet_bytes(scores))
+    out.write_bytes(layout.EVAL_SCORES, to_parquet_bytes(scores))
     overall, by_cat = _summarise(values, cats)
     result = {"version": name, "adapters": adapters, "prompts": n, "images": table.num_rows,
               "guidance": gen.guidance, "metrics": overall, "by_category": by_cat}
-    out.write_json("metrics.json", result)
-    recipe.log(f"[{name}/{eval_folder(guidance)}] "
+    out.write_json(layout.EVAL_METRICS, result)
+    recipe.log(f"[{name}/{layout.eval_dir(guidance)}] "
                + ", ".join(f"{k} {v:.4g}" for k, v in overall.items()))
     return result
 
@@ -183,12 +171,12 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
 def evaluate_round(recipe, r: int, plan, *, guidance: float | None = None) -> dict:
     """Evaluate the model after round r (and the base model once, first), at the run's guidance
     or at `guidance`."""
-    from mitune_ray.driver import plan_round, round_dir
+    from mitune_ray.driver import plan_round
 
-    base = recipe._stage(f"{BASE}/evaluate{guidance_suffix(guidance)}", lambda: {
-        "summary": evaluate_version(recipe, BASE, [], guidance=guidance)})
+    base = recipe._stage(layout.evaluate_stage(layout.BASE_VERSION, guidance), lambda: {
+        "summary": evaluate_version(recipe, layout.BASE_VERSION, [], guidance=guidance)})
     after = plan_round(recipe.cfg, r + 1, recipe.adapter_uri).generate_adapters
-    result = evaluate_version(recipe, round_dir(r), after, guidance=guidance)
+    result = evaluate_version(recipe, layout.round_dir(r), after, guidance=guidance)
     delta = {k: result["metrics"][k] - base["summary"]["metrics"].get(k, math.nan)
              for k in result["metrics"]}
     return {"summary": result, "delta_vs_base": delta}
@@ -199,8 +187,8 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
     """`mitune eval RUN_URI`: evaluate the base model and every trained round of a run (those not
     evaluated yet), at the run's guidance or, with `guidance`, again at that one."""
     from mitune_ray.config import Config, load_config
-    from mitune_ray.driver import Recipe, plan_round, round_dir
-    from mitune_ray.manifest import MANIFEST
+    from mitune_ray.driver import Recipe, plan_round
+    from mitune_ray.layout import MANIFEST
 
     if guidance is not None:
         check_guidance(guidance, "--guidance")
@@ -220,11 +208,11 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
     try:
         recipe.setup()
         trained = [r for r in range(1, cfg.run.rounds + 1)
-                   if recipe.manifest.stage(f"{round_dir(r)}/train")]
+                   if recipe.manifest.stage(layout.train_stage(r))]
         if not trained:
             raise MituneError(f"no round of {run_uri} is trained yet; nothing to evaluate")
         for r in trained:
-            recipe._stage(f"{round_dir(r)}/evaluate{guidance_suffix(guidance)}",
+            recipe._stage(layout.evaluate_stage(layout.round_dir(r), guidance),
                           lambda r=r: evaluate_round(recipe, r, plan_round(cfg, r, recipe.adapter_uri),
                                                      guidance=guidance))
         return recipe.manifest.data

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mitune_ray import layout
 from mitune_ray.errors import MituneError
-from mitune_ray.manifest import MANIFEST
+from mitune_ray.layout import MANIFEST
 from mitune_ray.storage import Store
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -24,9 +25,10 @@ def export_round(run_uri: str, round_index: int, dest: str) -> Path:
     if not store.exists(MANIFEST):
         raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
     manifest = store.read_json(MANIFEST)
-    entry = manifest.get("stages", {}).get(f"round-{round_index:03d}/train")
+    entry = manifest.get("stages", {}).get(layout.train_stage(round_index))
     if not entry or entry.get("status") != "committed":
-        trained = sorted(n.split("/")[0] for n in manifest.get("stages", {}) if n.endswith("/train"))
+        trained = sorted(n.split("/")[0] for n in manifest.get("stages", {})
+                         if layout.stage_kind(n) == "train")
         raise MituneError(f"round {round_index} of {run_uri} has no committed adapter (trained: "
                           f"{', '.join(trained) or 'none'}); pick a trained round")
     out = Path(dest)

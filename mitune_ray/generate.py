@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mitune_ray import layout
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray import faults
@@ -167,9 +168,11 @@ class GenerateUDF:
         maybe_fail("generate.kill_actor", self.batches, kill=True)
         name = shard_name([p.prompt_id for p in prompts])
         if gallery:
-            self.out.write_bytes(f"gallery/{name}", to_parquet_bytes(gallery_table(gallery)))
-        self.out.write_bytes(f"scores/{name}", to_parquet_bytes(scores_table(scores)))
-        self.out.write_bytes(f"selected/{name}", to_parquet_bytes(selected_table(selected)))
+            self.out.write_bytes(f"{layout.GALLERY}/{name}",
+                                 to_parquet_bytes(gallery_table(gallery)))
+        self.out.write_bytes(f"{layout.SCORES}/{name}", to_parquet_bytes(scores_table(scores)))
+        self.out.write_bytes(f"{layout.SELECTED}/{name}",
+                             to_parquet_bytes(selected_table(selected)))
         seconds = time.perf_counter() - start
         best = [r.selected[0].mi if r.selected else float("nan") for r in results]
         return pa.table({
@@ -184,7 +187,7 @@ class GenerateUDF:
 
 def done_prompt_ids(out: Store) -> set[str]:
     """Prompt ids already in the selected set at `out` (written whole, so complete)."""
-    table = out.read_parquet("selected", columns=["prompt_id"])
+    table = out.read_parquet(layout.SELECTED, columns=["prompt_id"])
     return set() if table is None else set(table.column("prompt_id").to_pylist())
 
 
@@ -222,7 +225,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     done = frozenset(done_prompt_ids(out))
     if expected_prompts is not None and len(done) >= expected_prompts:
         summary = GenerationSummary(0, len(done), _count_rows(out), 0, 0.0, float("nan"),
-                                    float("nan"), (), out.child_uri("selected"), read_pool_check(out))
+                                    float("nan"), (), out.child_uri(layout.SELECTED),
+                                    read_pool_check(out))
         log(summary.line())
         return summary
     if gpus_per_actor is None:
@@ -272,7 +276,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         prompts=n_prompts, skipped=len(done), rows=rows, candidates=n_candidates, seconds=seconds,
         mi_mean=float(values.mean()) if len(values) else float("nan"),
         mi_std=float(values.std()) if len(values) else float("nan"),
-        actors=tuple(sorted(actors)), output=out.child_uri("selected"), pool=read_pool_check(out))
+        actors=tuple(sorted(actors)), output=out.child_uri(layout.SELECTED),
+        pool=read_pool_check(out))
     if expected_prompts is not None and rows != expected_prompts * gen.keep:
         raise MituneError(f"round {round_index} selected set at {summary.output} has {rows} rows, "
                           f"expected {expected_prompts} prompts x keep {gen.keep}; rerun to resume")
@@ -282,7 +287,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
 
 def read_pool_check(out: Store) -> PoolCheck | None:
     """The round's `PoolCheck` from its score shards (None where no pool metric ran)."""
-    table = out.read_parquet("scores")
+    table = out.read_parquet(layout.SCORES)
     if table is None or "pool_metric" not in table.column_names:
         return None
     return pool_check(list(zip(table.column("pool_metric").to_pylist(),
@@ -290,7 +295,7 @@ def read_pool_check(out: Store) -> PoolCheck | None:
 
 
 def _count_rows(out: Store) -> int:
-    parts = out.list("selected", suffix=".parquet")
+    parts = out.list(layout.SELECTED, suffix=".parquet")
     return sum(pq.ParquetFile(out.filesystem.open_input_file(out.path(p))).metadata.num_rows
                for p in parts)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from mitune_ray import __version__
 from mitune_ray.errors import MituneError
+from mitune_ray.layout import MANIFEST
 from mitune_ray.storage import Store
 
-MANIFEST = "manifest.json"
 LEASE_TTL_S = 90.0  # a lease not refreshed for this long belongs to a dead driver
 HEARTBEAT_S = 20.0
 

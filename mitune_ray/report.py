@@ -22,17 +22,18 @@ from collections import defaultdict
 
 import pyarrow.parquet as pq
 
+from mitune_ray import layout
 from mitune_ray.errors import MituneError
-from mitune_ray.manifest import LEASE_TTL_S, MANIFEST
+from mitune_ray.layout import BASE_VERSION as BASE
+from mitune_ray.layout import MANIFEST, version_label
+from mitune_ray.manifest import LEASE_TTL_S
 from mitune_ray.report_html import (
     Html, esc, fmt, missing, page, signed, svg_histogram, svg_lines, table,
 )
 from mitune_ray.storage import Store
 
-BASE = "eval-base"  # the base model's evaluation folder (evaluation.BASE; not imported: torch)
 GALLERY_PROMPTS = 4  # per round: enough to see the spread of MI, short enough to scroll
 PAIR_PROMPTS = 8  # base-versus-tuned pairs shown
-_ROUND = re.compile(r"^round-(\d{3})/")
 
 
 def write_report(run_uri: str, out: str | None = None) -> str:
@@ -50,7 +51,7 @@ def write_report(run_uri: str, out: str | None = None) -> str:
     if not run.exists(MANIFEST):
         raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
     manifest = run.read_json(MANIFEST)
-    dest = Store(out) if out else run.child("report")
+    dest = Store(out) if out else run.child(layout.REPORT)
     p = _Page(run, manifest, dest)
     body = "".join(section() for section in (
         p.summary, p.stages, p.corpus, p.generation, p.training, p.evaluation, p.galleries,
@@ -83,11 +84,15 @@ class _Page:
         self.run, self.m, self.dest = run, manifest, dest
         self.cfg = manifest.get("config") or {}
         self.st = manifest.get("stages") or {}
-        seen = {int(g.group(1)) for g in map(_ROUND.match, self.st) if g}
+        seen = {r for r in map(layout.round_of, self.st) if r is not None}
         configured = int(self.cfg.get("run", {}).get("rounds") or 0)
         self.rounds = list(range(1, max([configured, *seen]) + 1))
         self.evaluates = bool(self.cfg.get("run", {}).get("evaluate")) or any(
-            n.endswith("/evaluate") for n in self.st)
+            layout.evaluate_stage(v) in self.st for v in self._versions())
+
+    def _versions(self) -> list[str]:
+        """The version folders an evaluation of this run names: the base model's, then rounds."""
+        return [BASE] + [layout.round_dir(r) for r in self.rounds]
 
     def _entry(self, name: str) -> dict | None:
         entry = self.st.get(name)
@@ -102,7 +107,7 @@ class _Page:
 
     def summary(self) -> str:
         lease = self.m.get("lease")
-        trained = sum(1 for r in self.rounds if self._entry(f"round-{r:03d}/train"))
+        trained = sum(1 for r in self.rounds if self._entry(layout.train_stage(r)))
         if lease and time.time() - lease.get("heartbeat", 0) < LEASE_TTL_S:
             state = f"in progress (driver on {lease.get('host')}, pid {lease.get('pid')})"
         elif all(self._entry(name) for name in self._expected()):
@@ -124,10 +129,10 @@ class _Page:
 
     def _expected(self) -> list[str]:
         """The stages a finished run of this config has committed, in the driver's order."""
-        names = ["prompts"] + (["eval-base/evaluate"] if self.evaluates else [])
+        names = [layout.PROMPTS_STAGE] + ([layout.evaluate_stage(BASE)] if self.evaluates else [])
         for r in self.rounds:
-            names += [f"round-{r:03d}/{s}" for s in ("generate", "train")]
-            names += [f"round-{r:03d}/evaluate"] if self.evaluates else []
+            names += [layout.generate_stage(r), layout.train_stage(r)]
+            names += [layout.evaluate_stage(layout.round_dir(r))] if self.evaluates else []
         return names
 
     def stages(self) -> str:
@@ -146,13 +151,14 @@ class _Page:
     def _detail(name: str, entry: dict) -> str:
         if not entry:
             return ""
-        if name == "prompts":
+        kind = layout.stage_kind(name)
+        if kind == "prompts":
             t = entry.get("train", {})
             return f"{t.get('kept')} prompts kept ({t.get('train')} train, {t.get('val')} val)"
-        if name.endswith("/generate"):
+        if kind == "generate":
             return (f"{entry.get('rows')} selected of {entry.get('candidates')} candidates, "
                     f"MI {fmt(entry.get('mi_mean'))} ± {fmt(entry.get('mi_std'))}")
-        if name.endswith("/train"):
+        if kind == "train":
             return ", ".join(f"{k} {fmt(v)}" for k, v in _scalars(entry.get("result", {})).items())
         summary = entry.get("summary")
         if isinstance(summary, dict):
@@ -160,10 +166,11 @@ class _Page:
         return ", ".join(f"{k} {fmt(v)}" for k, v in _scalars(entry).items() if k != "seconds")
 
     def corpus(self) -> str:
-        entry = self._entry("prompts")
+        entry = self._entry(layout.PROMPTS_STAGE)
         if not entry:
             return "<h2>Prompts</h2>" + missing("the prompts stage has not been committed")
-        splits = {k: _scalars(v) for k, v in entry.items() if k in ("train", "eval")}
+        splits = {k: _scalars(v) for k, v in entry.items()
+                  if k in (layout.TRAIN_SPLIT, layout.EVAL_SPLIT)}
         keys = list(dict.fromkeys(k for v in splits.values() for k in v))
         rows = [[name, *(v.get(k) for k in keys)] for name, v in splits.items()]
         return "<h2>Prompts</h2>" + table(["Corpus", *keys], rows)
@@ -174,7 +181,7 @@ class _Page:
         out, rows, means = ["<h2>Generation</h2>"], [], []
         keys = ("prompts", "rows", "candidates", "mi_mean", "mi_std", "generate_seconds", "actors")
         for r in self.rounds:
-            entry = self._entry(f"round-{r:03d}/generate")
+            entry = self._entry(layout.generate_stage(r))
             if entry:
                 rows.append([f"round {r}", *(entry.get(k) for k in keys)])
                 if isinstance(entry.get("mi_mean"), (int, float)):
@@ -186,9 +193,10 @@ class _Page:
                                  x_labels={r: f"round {r}" for r, _ in means}))
         plots = []
         for r in self.rounds:
-            parts = self.run.list(f"round-{r:03d}/scores", suffix=".parquet")
+            folder = f"{layout.round_dir(r)}/{layout.SCORES}"
+            parts = self.run.list(folder, suffix=".parquet")
             if not parts:
-                out.append(missing(f"round {r}: no MI scores (round-{r:03d}/scores/) yet"))
+                out.append(missing(f"round {r}: no MI scores ({folder}/) yet"))
                 continue
             t = _read(self.run, parts, columns=["mi", "selected"])
             every, chosen, pruned = [], [], 0
@@ -206,7 +214,7 @@ class _Page:
     def training(self) -> str:
         rows, curves = {}, {}
         for r in self.rounds:
-            entry = self._entry(f"round-{r:03d}/train")
+            entry = self._entry(layout.train_stage(r))
             if entry:
                 result = entry.get("result") or {}
                 rows[r] = {"adapter": entry.get("adapter"), **_scalars(result)}
@@ -228,8 +236,8 @@ class _Page:
     def _evaluated(self) -> dict[str, dict]:
         """Version folder -> its evaluation summary (base first, then rounds in order)."""
         out = {}
-        for name in [BASE] + [f"round-{r:03d}" for r in self.rounds]:
-            entry = self._entry(f"{name}/evaluate")
+        for name in self._versions():
+            entry = self._entry(layout.evaluate_stage(name))
             if entry and isinstance(entry.get("summary"), dict):
                 out[name] = entry
         return out
@@ -242,17 +250,17 @@ class _Page:
             return "<h2>Evaluation</h2>" + missing(f"{why}; `mitune eval RUN_URI` evaluates it")
         out = ["<h2>Evaluation</h2>"]
         if BASE not in done:
-            out.append(missing("the base model's evaluation (eval-base) is missing: no deltas"))
+            out.append(missing(f"the base model's evaluation ({BASE}) is missing: no deltas"))
         metrics = list(dict.fromkeys(k for e in done.values() for k in _means(e, None)))
         cats = sorted({c for e in done.values() for c in e["summary"].get("by_category", {})})
         groups = [None] + (cats if len(cats) > 1 else [])  # None: all prompts
         for cat in groups:
             out.append("" if cat is None else f"<h3>Category {esc(cat)}</h3>")
             out.append(self._metric_table(done, metrics, cat))
-        xs = {name: (0 if name == BASE else int(name[-3:])) for name in done}
+        xs = {name: layout.round_of(name) or 0 for name in done}
         plots = [svg_lines({cat or "all": [(xs[n], _means(e, cat)[metric]) for n, e in done.items()
                                            if metric in _means(e, cat)] for cat in groups},
-                           title=f"{metric} by round", x_labels={xs[n]: _label(n) for n in done})
+                           title=f"{metric} by round", x_labels={xs[n]: version_label(n) for n in done})
                  for metric in metrics]
         out.append(f'<div class="plots">{"".join(plots)}</div>')
         return "".join(out)
@@ -274,7 +282,7 @@ class _Page:
                 cells.append(Html(cell))
             summary = entry["summary"]
             counts = [summary.get("prompts"), summary.get("images")] if cat is None else []
-            rows.append([_label(name), *counts, *cells])
+            rows.append([version_label(name), *counts, *cells])
         header = ["Model", *(["Prompts", "Images"] if cat is None else []), *metrics]
         return table(header, rows, cls="metrics")
 
@@ -283,9 +291,10 @@ class _Page:
     def galleries(self) -> str:
         out = ["<h2>Candidates by MI</h2>"]
         for r in self.rounds:
-            parts = self.run.list(f"round-{r:03d}/gallery", suffix=".parquet")
+            folder = f"{layout.round_dir(r)}/{layout.GALLERY}"
+            parts = self.run.list(folder, suffix=".parquet")
             if not parts:
-                out.append(missing(f"round {r}: no gallery (round-{r:03d}/gallery/)"))
+                out.append(missing(f"round {r}: no gallery ({folder}/)"))
                 continue
             ids = sorted(set(_read(self.run, parts, columns=["prompt_id"]).column("prompt_id")
                              .to_pylist()))[:GALLERY_PROMPTS]
@@ -314,14 +323,14 @@ class _Page:
 
     def pairs(self) -> str:
         head = "<h2>Base versus tuned</h2>"
-        versions = [n for n in [BASE] + [f"round-{r:03d}" for r in self.rounds]
-                    if self.run.exists(f"{n}/eval/scores.parquet")]
+        scores_file = f"{layout.EVAL}/{layout.EVAL_SCORES}"
+        versions = [n for n in self._versions() if self.run.exists(f"{n}/{scores_file}")]
         if BASE not in versions or len(versions) < 2:
             found = ", ".join(versions) or "none"
-            return head + missing("pairs need the evaluation scores (<version>/eval/scores.parquet) "
-                                  f"of eval-base and of a tuned round; found: {found}")
+            return head + missing(f"pairs need the evaluation scores (<version>/{scores_file}) "
+                                  f"of {BASE} and of a tuned round; found: {found}")
         tuned = versions[-1]
-        scores = {v: _read(self.run, [f"{v}/eval/scores.parquet"]).to_pylist() for v in (BASE, tuned)}
+        scores = {v: _read(self.run, [f"{v}/{scores_file}"]).to_pylist() for v in (BASE, tuned)}
         rows = {v: {(x["prompt_id"], x["candidate"]): x for x in scores[v]} for v in scores}
         common = sorted(set(rows[BASE]) & set(rows[tuned]))
         first: dict[str, int] = {}
@@ -330,18 +339,18 @@ class _Page:
         chosen = _spread(first, {pid: rows[BASE][(pid, c)].get("category") or ""
                                  for pid, c in first.items()})
         if not chosen:
-            return head + missing(f"eval-base and {tuned} share no evaluation image")
+            return head + missing(f"{BASE} and {tuned} share no evaluation image")
         pngs = {v: self._eval_pngs(v, chosen) for v in (BASE, tuned)}
-        out = [head, f"<p>Same prompt, candidate and seed: the base model versus {_label(tuned)}, "
-                     f"the last evaluated round.</p>"]
+        out = [head, "<p>Same prompt, candidate and seed: the base model versus "
+                     f"{version_label(tuned)}, the last evaluated round.</p>"]
         for pid in chosen:
             key = (pid, first[pid])
             if key not in pngs[BASE] or key not in pngs[tuned]:
                 out.append(missing(f"prompt {pid}: an evaluation image is missing"))
                 continue
             figs = [self._figure(f"{v}-{_safe(pid)}-c{key[1]:03d}", pngs[v][key],
-                                 f"{_label(v)} candidate {key[1]}",
-                                 f"{_label(v)}: " + _metric_caption(rows[v][key]))
+                                 f"{version_label(v)} candidate {key[1]}",
+                                 f"{version_label(v)}: " + _metric_caption(rows[v][key]))
                     for v in (BASE, tuned)]
             cat = rows[BASE][key].get("category")
             out.append(f'<div class="pair"><p class="prompt">{esc(rows[BASE][key].get("prompt", ""))}'
@@ -350,7 +359,7 @@ class _Page:
         return "".join(out)
 
     def _eval_pngs(self, version: str, ids: list[str]) -> dict[tuple[str, int], bytes]:
-        parts = self.run.list(f"{version}/eval/selected", suffix=".parquet")
+        parts = self.run.list(f"{version}/{layout.EVAL}/{layout.SELECTED}", suffix=".parquet")
         if not parts or not ids:
             return {}
         t = _read(self.run, parts, columns=["prompt_id", "candidate", "png"],
@@ -367,11 +376,6 @@ def _means(entry: dict, cat: str | None) -> dict:
     """An evaluation entry's metric means: over all prompts (cat None) or one category's."""
     summary = entry["summary"]
     return summary.get("metrics", {}) if cat is None else summary.get("by_category", {}).get(cat, {})
-
-
-def _label(version: str) -> str:
-    """'eval-base' -> 'base', 'round-002' -> 'round 2'."""
-    return "base" if version == BASE else f"round {int(version[-3:])}"
 
 
 def _num(v) -> float:

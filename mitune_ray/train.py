@@ -31,6 +31,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+from mitune_ray import layout
 from mitune_ray.adapters import ADAPTER_FILE, check_adapter, meta_denoiser
 from mitune_ray.config import Config
 from mitune_ray.errors import MituneError
@@ -44,10 +45,10 @@ from mitune_ray.training.data import (
 from mitune_ray.training.engine import resolve_schedule
 from mitune_ray.training.loop import LoopSpec, step_dir, train_loop
 
-ADAPTER_REL = f"adapter/{ADAPTER_FILE}"
-RESULT_REL = "adapter/train_result.json"
-INPUTS_REL = "train/inputs.json"
-ADAPTERS_REL = "train/adapters"
+ADAPTER_REL = f"{layout.ADAPTER}/{ADAPTER_FILE}"
+RESULT_REL = layout.TRAIN_RESULT
+INPUTS_REL = layout.TRAIN_INPUTS
+ADAPTERS_REL = layout.TRAIN_ADAPTERS
 CHECKPOINTS_KEPT = 2  # DeepSpeed states kept in storage: the latest, and one in case it is bad
 TEST_HOOKS_ENV = "MITUNE_TRAIN_TEST_HOOKS"  # tests only; JSON: deepspeed, fail_once_at_steps, fail_marker_dir
 EXECUTION_ONLY = ("max_failures",)  # train.* keys a resumed run may change
@@ -179,7 +180,8 @@ def _stored_inputs(out: Store, inputs: dict) -> dict | None:
         key = _first_difference(stored, inputs)
         raise MituneError(f"{out.child_uri(INPUTS_REL)} records a training of this round with "
                           f"another '{key}'; use a new round folder, or delete "
-                          f"{out.child_uri('train')} and {out.child_uri(inputs['run_name'])} to retrain")
+                          f"{out.child_uri(layout.TRAIN_WORK)} and {out.child_uri(inputs['run_name'])} "
+                          "to retrain")
     return stored
 
 

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.manifest import MANIFEST, Manifest
+from mitune_ray.layout import MANIFEST
+from mitune_ray.manifest import Manifest
 from mitune_ray.storage import Store
 
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
+from mitune_ray import layout
 from mitune_ray.config import GenerateSection, MISection, PromptsSection, RaySection
 
 
 def _steady_rate(out_dir: Path, actors: int, prompts_per_batch: int) -> float | None:
     """Prompts/s of the stage after every actor wrote its first shard (None if too few shards)."""
-    times = sorted(p.stat().st_mtime for p in (out_dir / "selected").glob("*.parquet"))
+    times = sorted(p.stat().st_mtime for p in (out_dir / layout.SELECTED).glob("*.parquet"))
     if len(times) <= actors or times[-1] <= times[actors - 1]:
         return None
     return (len(times) - actors) * prompts_per_batch / (times[-1] - times[actors - 1])
@@ -86,7 +87,7 @@ def compare(model: str, texts: list[str], gen: GenerateSection, *, actors: list[
         for n in actors:
             settings = gen.model_copy(update={"actors": n, "cpus_per_actor": cpus_per_actor,
                                               "prompts_per_batch": per_batch})
-            target = tmp / f"round-{n}"
+            target = tmp / layout.round_dir(n)
             t0 = time.perf_counter()
             summary = generate_round(model=spec, gen=settings, mi=mi, round_index=1, prompts=store,
                                      shards=list(report.shards), out=Store(str(target)),

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from mitune_ray import layout
 from mitune_ray.config import GenerateSection, MISection, RunSection, load_config
 from mitune_ray.storage import Store
 
@@ -205,8 +206,8 @@ def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool)
                             MI_SETTINGS[scale.mi].model_dump(exclude_defaults=True).items())])
 
 
-def _correct_by_prompt(store: Store, version: str, folder: str = "eval") -> dict[str, float]:
-    table = pq.read_table(store.path(f"{version}/{folder}/scores.parquet"),
+def _correct_by_prompt(store: Store, version: str, folder: str = layout.EVAL) -> dict[str, float]:
+    table = pq.read_table(store.path(f"{version}/{folder}/{layout.EVAL_SCORES}"),
                           filesystem=store.filesystem, columns=["prompt_id", "shapes_correct"])
     by: dict[str, list[float]] = {}
     for pid, v in zip(table.column("prompt_id").to_pylist(), table.column("shapes_correct").to_pylist()):
@@ -214,14 +215,14 @@ def _correct_by_prompt(store: Store, version: str, folder: str = "eval") -> dict
     return {k: float(np.mean(v)) for k, v in by.items()}
 
 
-def image_change(store: Store, version: str, base: str = "eval-base") -> float:
+def image_change(store: Store, version: str, base: str = layout.BASE_VERSION) -> float:
     """Median over evaluation images (same prompt and seed) of the mean absolute pixel change
     from `base` to `version`, on the 0-255 scale: how far the adapter moved the model at all."""
     from mitune_ray.imaging import from_png
 
     def pngs(v: str) -> dict:
         columns = ["prompt_id", "candidate", "png"]
-        t = store.read_parquet(f"{v}/eval/selected", columns=columns)
+        t = store.read_parquet(f"{v}/{layout.EVAL}/{layout.SELECTED}", columns=columns)
         return {} if t is None else {
             (i, c): png for i, c, png in zip(*(t.column(n).to_pylist() for n in columns))}
 
@@ -242,12 +243,13 @@ def _checked(store: Store, folder: str) -> list:
         for text, png in zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
 
 
-def eval_fact_rates(store: Store, version: str, folder: str = "eval") -> dict[str, float | None]:
+def eval_fact_rates(store: Store, version: str,
+                    folder: str = layout.EVAL) -> dict[str, float | None]:
     """Which kinds of fact a version's evaluation images get right (`checker.fact_rates`):
     objects, sizes, relations, and relations where both objects were drawn (chance: ~1/4)."""
     from mitune_ray.shapes.checker import fact_rates
 
-    return fact_rates(_checked(store, f"{version}/{folder}/selected"))
+    return fact_rates(_checked(store, f"{version}/{folder}/{layout.SELECTED}"))
 
 
 def gain_line(g: dict) -> str:
@@ -263,7 +265,7 @@ def rates_line(rates: dict) -> str:
 
 def selected_quality(store: Store, version: str) -> dict:
     """How good a round's training set was: the checker on its kept images."""
-    results = _checked(store, f"{version}/selected")
+    results = _checked(store, f"{version}/{layout.SELECTED}")
     return {"rows": len(results),
             "fully_correct": float(np.mean([r.all_correct for r in results])) if results else 0.0,
             "fraction": float(np.mean([r.fraction for r in results])) if results else 0.0}
@@ -294,7 +296,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
     """Part 2: the full loop for each selection arm; per-round gains over the base model (also
     at `scale.control_guidance`, when set)."""
     from mitune_ray.driver import run
-    from mitune_ray.evaluation import check_guidance, eval_folder, evaluate_run
+    from mitune_ray.evaluation import check_guidance, evaluate_run
 
     control = scale.control_guidance or None
     if control:  # before hours of runs, not after
@@ -307,24 +309,26 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
         if control:
             evaluate_run(cfg.run.uri, guidance=control, log=lambda m: None)
         store = Store(cfg.run.uri)
-        base = _correct_by_prompt(store, "eval-base")
-        base_facts = eval_fact_rates(store, "eval-base")
+        base = _correct_by_prompt(store, layout.BASE_VERSION)
+        base_facts = eval_fact_rates(store, layout.BASE_VERSION)
         log(f"[mitune] select by {arm}, base model: held-out facts that hold: {rates_line(base_facts)}")
         rounds, selected = {}, {}
         for r in range(1, scale.rounds + 1):
-            rounds[r] = g = paired_gain(base, _correct_by_prompt(store, f"round-{r:03d}"))
-            selected[r] = kept = selected_quality(store, f"round-{r:03d}")
-            g["image_change"] = image_change(store, f"round-{r:03d}")
-            g["facts"] = eval_fact_rates(store, f"round-{r:03d}")
+            version = layout.round_dir(r)
+            rounds[r] = g = paired_gain(base, _correct_by_prompt(store, version))
+            selected[r] = kept = selected_quality(store, version)
+            g["image_change"] = image_change(store, version)
+            g["facts"] = eval_fact_rates(store, version)
             log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
                 f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
                 f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
             if control:
-                folder = eval_folder(control)
-                g["control"] = c = paired_gain(_correct_by_prompt(store, "eval-base", folder),
-                                               _correct_by_prompt(store, f"round-{r:03d}", folder))
+                folder = layout.eval_dir(control)
+                g["control"] = c = paired_gain(
+                    _correct_by_prompt(store, layout.BASE_VERSION, folder),
+                    _correct_by_prompt(store, version, folder))
                 c["guidance"] = control
-                c["facts"] = eval_fact_rates(store, f"round-{r:03d}", folder)
+                c["facts"] = eval_fact_rates(store, version, folder)
                 log(f"[mitune] select by {arm}, round {r}, at guidance {control:g}: held out fully "
                     f"correct {gain_line(c)}; facts that hold: {rates_line(c['facts'])}")
         out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
