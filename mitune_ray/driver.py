@@ -24,7 +24,7 @@ from mitune_ray.config import Config
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Family
 from mitune_ray.manifest import Manifest
-from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, resolve_model_path
+from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, ModelSpec, resolve_model_path
 from mitune_ray.select import PoolCheck
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.training.loss import refuse_diffusion_only
@@ -193,7 +193,7 @@ class Recipe:
         return eval_ids & train_ids
 
     def generate_stage(self, r: int, plan: RoundPlan) -> dict:
-        from mitune_ray.generate import ModelSpec, generate_round
+        from mitune_ray.generate import generate_round
         from mitune_ray.runtime import ensure_ray
 
         ensure_ray(self.cfg.ray)  # started only when needed: bad input fails before Ray starts

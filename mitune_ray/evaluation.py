@@ -124,7 +124,8 @@ def evaluate_version(recipe, name: str, adapters: list[str], *,
                      guidance: float | None = None) -> dict:
     """Generate and score the evaluation images of one model version (`name`: folder in the run),
     at the run's guidance or at `guidance` (then into `<name>/eval-guidance-G`)."""
-    from mitune_ray.generate import ModelSpec, generate_round
+    from mitune_ray.generate import generate_round
+    from mitune_ray.models import ModelSpec
     from mitune_ray.runtime import ensure_ray
 
     ensure_ray(recipe.cfg.ray)

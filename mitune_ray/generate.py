@@ -29,24 +29,13 @@ from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray import faults
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
+from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.records import (
     gallery_table, pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
 )
 from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck, pool_check
 from mitune_ray.storage import Store
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What an actor loads: a model location, its family, precision, and adapters to fuse."""
-
-    path: str
-    family: str = "auto"
-    dtype: str = "auto"
-    resolution: int | None = None
-    adapters: tuple[str, ...] = ()  # adapter folders (local or s3://), fused in order
-    endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,43 +58,6 @@ class GenerationSummary:
                 f"{len(self.actors)} actors; selected MI {self.mi_mean:.4g} +- {self.mi_std:.2g}; "
                 f"{self.rows} rows in {self.output}")
         return text if self.pool is None else f"{text}; {self.pool.line()}"
-
-
-def load_model(spec: ModelSpec):
-    """(pipe, family, device, dtype) for an actor or a local process."""
-    from mitune_ray.families import load_pipeline
-    from mitune_ray.models import resolve_model_path
-    from mitune_ray.runtime import local_device, quiet_hf, resolve_dtype
-
-    quiet_hf()
-    device = local_device()
-    dtype = resolve_dtype(spec.dtype, device)
-    folder = resolve_model_path(spec.path, endpoint_url=spec.endpoint_url)
-    pipe, fam = load_pipeline(folder, family=spec.family, dtype=dtype, device=device)
-    if spec.adapters:
-        from mitune_ray.adapters import load_adapters
-
-        load_adapters(pipe, fam, [local_adapter(a, spec.endpoint_url) for a in spec.adapters])
-    return pipe, fam, device, dtype
-
-
-def local_adapter(uri: str, endpoint_url: str | None) -> str:
-    """A local folder holding the adapter at `uri` (downloaded once for s3://)."""
-    from mitune_ray.models import _atomic_folder, cache_dir
-    from mitune_ray.storage import is_s3
-
-    if not is_s3(uri):
-        return uri
-    import hashlib
-
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    store = Store(uri, endpoint_url=endpoint_url)
-
-    def fill(d):
-        store.download_dir("", str(d))
-        (d / "model_index.json").write_text("{}")  # completion marker for _atomic_folder
-
-    return str(_atomic_folder(cache_dir() / "adapters" / key, fill))
 
 
 class GenerateUDF:

@@ -1,5 +1,9 @@
-"""Model locations: a local folder, an s3:// folder (copied to a local cache), the bundled
-ShapesWorld model, or a tiny random model of a family (for tests and benches)."""
+"""Models: where they are and how a process loads one (the one place that does).
+
+A location is a local folder, an s3:// folder (copied to a local cache), the bundled ShapesWorld
+model, or a tiny random model of a family (for tests and benches). `load_model(ModelSpec(...))`
+gives an actor or a local process its pipeline, with the adapters of earlier rounds fused in.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,15 @@ import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from mitune_ray.adapters import load_adapters
 from mitune_ray.errors import MituneError
+from mitune_ray.families import load_pipeline
+from mitune_ray.runtime import local_device, quiet_hf, resolve_dtype
 from mitune_ray.storage import Store, is_s3
 
 BUNDLED = {"shapes": "shapes_model"}
@@ -68,3 +78,42 @@ def resolve_model_path(path: str, *, endpoint_url: str | None = None) -> Path:
         store = Store(path, endpoint_url=endpoint_url)
         return _atomic_folder(cache_dir() / "models" / key, lambda d: store.download_dir("", str(d)))
     return Path(path)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an actor loads: a model location, its family, precision, and adapters to fuse."""
+
+    path: str
+    family: str = "auto"
+    dtype: str = "auto"
+    resolution: int | None = None
+    adapters: tuple[str, ...] = ()  # adapter folders (local or s3://), fused in order
+    endpoint_url: str | None = None
+
+
+def load_model(spec: ModelSpec, *, device: torch.device | str | None = None):
+    """(pipe, family, device, dtype) for an actor or a local process (`device`: the GPU when one
+    is visible, else the CPU)."""
+    quiet_hf()
+    device = local_device() if device is None else torch.device(device)
+    dtype = resolve_dtype(spec.dtype, device)
+    folder = resolve_model_path(spec.path, endpoint_url=spec.endpoint_url)
+    pipe, fam = load_pipeline(folder, family=spec.family, dtype=dtype, device=device)
+    if spec.adapters:
+        load_adapters(pipe, fam, [local_adapter(a, spec.endpoint_url) for a in spec.adapters])
+    return pipe, fam, device, dtype
+
+
+def local_adapter(uri: str, endpoint_url: str | None) -> str:
+    """A local folder holding the adapter at `uri` (downloaded once for s3://)."""
+    if not is_s3(uri):
+        return uri
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    store = Store(uri, endpoint_url=endpoint_url)
+
+    def fill(d):
+        store.download_dir("", str(d))
+        (d / "model_index.json").write_text("{}")  # completion marker for _atomic_folder
+
+    return str(_atomic_folder(cache_dir() / "adapters" / key, fill))

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from mitune_ray.config import Config
 from mitune_ray.errors import MituneError
-from mitune_ray.generate import ModelSpec, load_model
+from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.prompts import normalize_prompt, prompt_id
 from mitune_ray.storage import Store
 

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.config import GenerateSection, MISection, PromptsSection
-from mitune_ray.generate import ModelSpec, done_prompt_ids, generate_round
+from mitune_ray.generate import done_prompt_ids, generate_round
+from mitune_ray.models import ModelSpec
 from mitune_ray.prompts import prepare_corpus, prompt_id
 from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store

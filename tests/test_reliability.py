@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.config import GenerateSection, MISection
-from mitune_ray.generate import ModelSpec, done_prompt_ids, generate_round
+from mitune_ray.generate import done_prompt_ids, generate_round
+from mitune_ray.models import ModelSpec
 from mitune_ray.records import to_parquet_bytes
 from mitune_ray.storage import Store
 

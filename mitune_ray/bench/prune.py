@@ -83,11 +83,7 @@ def compare(pipe, fam, texts: list[str], gen: GenerateSection, device, dtype, *,
 
 def load_prune_model(path: str, device: torch.device):
     """(pipe, family, dtype) of a full pipeline for pruning runs (text encoder needed)."""
-    from mitune_ray.families import load_pipeline
-    from mitune_ray.models import resolve_model_path
-    from mitune_ray.runtime import quiet_hf, resolve_dtype
+    from mitune_ray.models import ModelSpec, load_model
 
-    quiet_hf()
-    dtype = resolve_dtype("auto", device)
-    pipe, fam = load_pipeline(resolve_model_path(path), dtype=dtype, device=device)
+    pipe, fam, _, dtype = load_model(ModelSpec(path), device=device)
     return pipe, fam, dtype

@@ -131,7 +131,7 @@ def _variants(scale: Scale) -> dict[str, MISection]:
 def agreement(model_path: str, scale: Scale, log=print) -> dict:
     """Part 1: tau(MI, checker) and tau(MI, background noise) per estimator variant."""
     from mitune_ray.eval.agreement import kendall_agreement
-    from mitune_ray.generate import ModelSpec, load_model
+    from mitune_ray.models import ModelSpec, load_model
     from mitune_ray.prompts import prompt_id
     from mitune_ray.sampling import CandidateSampler, Prompt
     from mitune_ray.shapes.checker import FACT_KINDS, check

@@ -15,7 +15,6 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -98,7 +97,7 @@ def grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from diffusers import StableDiffusionPipeline
+    from mitune_ray.models import ModelSpec, load_model
 
     parser = argparse.ArgumentParser(prog="python -m mitune_ray.shapes.evaluate",
                                      description="checker rates of a ShapesWorld model")
@@ -121,13 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("n", "steps", "seeds"):
         if getattr(args, name) < 1:
             parser.error(f"{name} = {getattr(args, name)} must be at least 1")
-    pipe = StableDiffusionPipeline.from_pretrained(args.model)
-    if args.adapter:
-        from mitune_ray.adapters import load_adapters
-        from mitune_ray.families import family_of_folder
-
-        load_adapters(pipe, family_of_folder(Path(args.model)), args.adapter)
-    pipe.set_progress_bar_config(disable=True)
+    # On the CPU in float32, as the recorded rates were measured (a GPU draws other images).
+    pipe, _, _, _ = load_model(ModelSpec(args.model, dtype="float32",
+                                         adapters=tuple(args.adapter)), device="cpu")
     metrics = {}
     for name in args.splits.split(","):
         start = time.monotonic()

@@ -142,7 +142,7 @@ class Lab:
 
     def __init__(self, model: str, setup: Setup, log=print):
         from mitune_ray.families import denoiser
-        from mitune_ray.generate import ModelSpec, load_model
+        from mitune_ray.models import ModelSpec, load_model
         from mitune_ray.prompts import prompt_id
         from mitune_ray.sampling import Prompt
         from mitune_ray.shapes.prompts import eval_prompts
