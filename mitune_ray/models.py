@@ -21,6 +21,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.families import load_pipeline
 from mitune_ray.runtime import local_device, quiet_hf, resolve_dtype
 from mitune_ray.storage import Store, is_s3
+from mitune_ray.testing.tiny_pipelines import TINY_BUILDERS, save_tiny
 
 BUNDLED = {"shapes": "shapes_model"}
 TINY_PREFIX = "tiny:"
@@ -58,8 +59,6 @@ def resolve_model_path(path: str, *, endpoint_url: str | None = None) -> Path:
     """
     if path.startswith(TINY_PREFIX):
         family = path[len(TINY_PREFIX):]
-        from mitune_ray.tiny import TINY_BUILDERS, save_tiny
-
         if family not in TINY_BUILDERS:
             raise MituneError(f"model.path={path!r}: no tiny model of family {family!r}; "
                               f"use one of {', '.join('tiny:' + f for f in TINY_BUILDERS)}")

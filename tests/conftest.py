@@ -26,7 +26,7 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     """`tiny_folder("sd")` -> a saved diffusers folder of a tiny random model of that family."""
-    from mitune_ray.tiny import save_tiny
+    from mitune_ray.testing.tiny_pipelines import save_tiny
 
     made: dict[str, str] = {}
 

@@ -118,7 +118,7 @@ def ray_head(tmp_path):
 def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ray_head):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from mitune_ray.eval.tiny import save_tiny_blip_vqa, save_tiny_clip
+    from mitune_ray.testing.tiny_metrics import save_tiny_blip_vqa, save_tiny_clip
     from tests.runs import PROMPTS
 
     address, env = ray_head

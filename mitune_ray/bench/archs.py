@@ -24,6 +24,7 @@ import torch
 
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Conditioning, Family
+from mitune_ray.testing.tiny_pipelines import TINY_BUILDERS
 
 REAL_ARCHS = {"sd": "sd21-base", "sdxl": "sdxl-base", "sd3": "sd35-medium"}
 # SD3.5 reads 77 CLIP tokens and 256 T5 tokens, concatenated.
@@ -186,9 +187,7 @@ def load_arch(name: str) -> Arch:
 
 
 def tiny_arch(family: str) -> Arch:
-    """The tiny random model of `family` (mitune_ray.tiny) as an Arch."""
-    from mitune_ray.tiny import TINY_BUILDERS
-
+    """The tiny random model of `family` (mitune_ray.testing.tiny_pipelines) as an Arch."""
     if family not in TINY_BUILDERS:
         raise MituneError(f"no tiny model of family {family!r}; use sd, sdxl or sd3")
     pipe = TINY_BUILDERS[family]()

@@ -9,5 +9,4 @@ inside functions, so importing `mitune_ray.eval` is cheap:
 - `openclip`: the one-time converter of HPS v2's OpenCLIP checkpoint into a transformers folder.
 - `agreement`: Kendall tau between MI and a metric within prompts, with a bootstrap interval.
 - `stage`: a Ray Data stage that adds metric columns to (PNG bytes, prompt) rows.
-- `tiny`: tiny random-weight metric models for tests, built from configs.
 """

@@ -31,14 +31,14 @@ def compbench() -> Path:
 
 @pytest.fixture(scope="session")
 def blip_folder(tmp_path_factory) -> Path:
-    from mitune_ray.eval.tiny import save_tiny_blip_vqa
+    from mitune_ray.testing.tiny_metrics import save_tiny_blip_vqa
 
     return save_tiny_blip_vqa(tmp_path_factory.mktemp("blip"), words=TINY_WORDS)
 
 
 @pytest.fixture(scope="session")
 def clip_folder(tmp_path_factory) -> Path:
-    from mitune_ray.eval.tiny import save_tiny_clip
+    from mitune_ray.testing.tiny_metrics import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 

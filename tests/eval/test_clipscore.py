@@ -95,7 +95,7 @@ def test_clipscore_weight_and_prefix(clip_folder, images):
 
 
 def test_clipscore_reads_mean_and_std_from_the_folder(tmp_path, images):
-    from mitune_ray.eval.tiny import save_tiny_clip
+    from mitune_ray.testing.tiny_metrics import save_tiny_clip
 
     folder = save_tiny_clip(tmp_path / "clip")
     (folder / "preprocessor_config.json").write_text(
@@ -107,7 +107,7 @@ def test_clipscore_reads_mean_and_std_from_the_folder(tmp_path, images):
 
 def test_hps_scorer_on_a_converted_checkpoint(tmp_path, images):
     from mitune_ray.eval.openclip import convert_openclip_checkpoint
-    from mitune_ray.eval.tiny import tiny_openclip_state_dict
+    from mitune_ray.testing.tiny_metrics import tiny_openclip_state_dict
 
     torch.save(tiny_openclip_state_dict(seed=1), tmp_path / "hps.pt")
     folder = convert_openclip_checkpoint(tmp_path / "hps.pt", tmp_path / "hps", vision_heads=2,

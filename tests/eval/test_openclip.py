@@ -14,7 +14,7 @@ from mitune_ray.eval.openclip import (
     map_openclip_state_dict,
     openclip_config,
 )
-from mitune_ray.eval.tiny import tiny_openclip_state_dict
+from mitune_ray.testing.tiny_metrics import tiny_openclip_state_dict
 
 HEADS = 2
 
