@@ -113,7 +113,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mitune_ray.export import export_round
+    from mitune_ray.report.export import export_round
 
     path = export_round(args.run_uri, args.round, args.dir)
     print(f"adapter of round {args.round} written to {path}; load it with "
@@ -129,7 +129,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mitune_ray.report import write_report
+    from mitune_ray.report.page import write_report
 
     print(f"report written to {write_report(args.run_uri, args.out)}")
     return 0

@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny model folders, a private model cache, quiet logs."""
+"""Shared fixtures: tiny model and metric folders, a private model cache, quiet logs."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -79,3 +80,38 @@ def ray_cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+TINY_WORDS = [  # the tiny BLIP-VQA's vocabulary
+    "a green bench and a blue bowl",
+    "a cat on the left of a dog",
+    "the fluffy pillow was on top of the wooden chair",
+    "a red apple",
+]
+
+
+@pytest.fixture(scope="session")
+def blip_folder(tmp_path_factory) -> Path:
+    from mitune_ray.testing.tiny_metrics import save_tiny_blip_vqa
+
+    return save_tiny_blip_vqa(tmp_path_factory.mktemp("blip"), words=TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
+def clip_folder(tmp_path_factory) -> Path:
+    from mitune_ray.testing.tiny_metrics import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Four small RGB images that differ in colour, layout and aspect ratio."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = [Image.new("RGB", (40, 40), colour) for colour in ("red", "blue")]
+    out.append(Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)))
+    out.append(Image.fromarray(rng.integers(0, 256, (64, 36, 3), dtype=np.uint8)))
+    return out

@@ -16,7 +16,7 @@ from mitune_ray.bench.generation import (
     Workload, make_sampler, reference_style, time_generation,
 )
 from mitune_ray.levers import Levers, optimize
-from mitune_ray.bench.report import BudgetExceeded, Recorder
+from mitune_ray.bench.recorder import BudgetExceeded, Recorder
 from mitune_ray.errors import MituneError
 
 CPU = torch.device("cpu")

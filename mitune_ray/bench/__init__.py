@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from mitune_ray.bench.plans import Bench, default_plan, gpu_suite
-    from mitune_ray.bench.report import Recorder, environment, table, write_json
+    from mitune_ray.bench.recorder import Recorder, environment, table, write_json
 
     if argv[:1] == ["--"]:  # `mitune bench -- --flag ...`
         argv = argv[1:]

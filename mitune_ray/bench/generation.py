@@ -24,7 +24,7 @@ import torch
 from mitune_ray.bench.archs import Arch
 from mitune_ray.bench.flops import FlopCount
 from mitune_ray.levers import Levers, optimize
-from mitune_ray.bench.report import clock, peak_memory_mib, reset_memory, sync
+from mitune_ray.bench.recorder import clock, peak_memory_mib, reset_memory, sync
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.mi import TrajectoryMI
 from mitune_ray.sampling import CandidateSampler, candidate_seed

@@ -17,8 +17,8 @@ from mitune_ray.bench.archs import REAL_ARCHS, Arch, folder_arch, load_arch, tin
 from mitune_ray.bench.flops import FlopCount, forward_flops, matmul_peak
 from mitune_ray.bench.generation import Workload, mi_overhead, time_generation
 from mitune_ray.levers import Levers
-from mitune_ray.bench.report import Recorder
-from mitune_ray.bench.report import count as fmt_count
+from mitune_ray.bench.recorder import Recorder
+from mitune_ray.bench.recorder import count as fmt_count
 from mitune_ray.bench.training import TrainWorkload, time_training
 
 # The project's reference per-image forward TFLOPs (its hardware notes, ENVIRONMENT.md, which is not

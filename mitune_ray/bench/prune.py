@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mitune_ray.bench.report import clock
+from mitune_ray.bench.recorder import clock
 from mitune_ray.config import GenerateSection, MISection, PruneSection
 from mitune_ray.sampling import CandidateSampler, Prompt
 

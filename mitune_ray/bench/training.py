@@ -15,7 +15,7 @@ import torch
 
 from mitune_ray.bench.archs import Arch
 from mitune_ray.bench.flops import FlopCount
-from mitune_ray.bench.report import clock, peak_memory_mib, reset_memory, sync
+from mitune_ray.bench.recorder import clock, peak_memory_mib, reset_memory, sync
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,10 @@ def build_scorer(spec: ScorerSpec):
     """
     kwargs = dict(device=spec.device, dtype=spec.dtype, **spec.options)
     if spec.kind == "blipvqa":
-        from mitune_ray.eval.blipvqa import BlipVqaScorer
+        from mitune_ray.metrics.blipvqa import BlipVqaScorer
 
         return BlipVqaScorer.from_folder(spec.folder, **kwargs)
-    from mitune_ray.eval.clipscore import ClipScorer, HpsV2Scorer
+    from mitune_ray.metrics.clipscore import ClipScorer, HpsV2Scorer
 
     cls = ClipScorer if spec.kind == "clipscore" else HpsV2Scorer
     return cls.from_folder(spec.folder, **kwargs)
@@ -80,7 +80,7 @@ class ScorerUDF:
     """Ray Data callable class: loads the scorers once per actor, scores each batch."""
 
     def __init__(self, specs: Sequence[ScorerSpec], image_column: str, prompt_column: str):
-        from mitune_ray.eval._weights import decode_png
+        from mitune_ray.metrics._weights import decode_png
 
         self._decode = decode_png
         self.specs = list(specs)

@@ -130,7 +130,7 @@ def _variants(scale: Scale) -> dict[str, MISection]:
 
 def agreement(model_path: str, scale: Scale, log=print) -> dict:
     """Part 1: tau(MI, checker) and tau(MI, background noise) per estimator variant."""
-    from mitune_ray.eval.agreement import kendall_agreement
+    from mitune_ray.metrics.agreement import kendall_agreement
     from mitune_ray.models import ModelSpec, load_model
     from mitune_ray.prompts import prompt_id
     from mitune_ray.sampling import CandidateSampler, Prompt
@@ -338,7 +338,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
 
 def svg_plot(result: dict) -> str:
     """Fully-correct rate per round for each arm (base at round 0), as a small SVG."""
-    from mitune_ray.report_html import svg_lines
+    from mitune_ray.report.markup import svg_lines
 
     series = {}
     for arm, data in result.get("mitune", {}).items():

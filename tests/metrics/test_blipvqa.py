@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval.blipvqa import (
+from mitune_ray.metrics.blipvqa import (
     BlipVqaScorer,
     blip_pixel_values,
     combine_phrase_probabilities,

@@ -16,8 +16,8 @@ from PIL import Image
 
 from mitune_ray.errors import MituneError
 from mitune_ray.records import gallery_table, scores_table, selected_table, to_parquet_bytes
-from mitune_ray.report import write_report
-from mitune_ray.report_html import esc, histogram, svg_histogram, svg_lines, table
+from mitune_ray.report.page import write_report
+from mitune_ray.report.markup import esc, histogram, svg_histogram, svg_lines, table
 from mitune_ray.storage import Store
 
 CHROMIUM = "/usr/bin/chromium"

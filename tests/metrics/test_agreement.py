@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval.agreement import (
+from mitune_ray.metrics.agreement import (
     bootstrap_mean_interval,
     kendall_agreement,
     kendall_within_prompts,

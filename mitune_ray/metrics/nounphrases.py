@@ -39,7 +39,7 @@ import re
 from typing import Literal
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval import _english as en
+from mitune_ray.metrics import _english as en
 
 Backend = Literal["auto", "spacy", "rules"]
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval.clipscore import (
+from mitune_ray.metrics.clipscore import (
     OPENAI_MEAN,
     OPENAI_STD,
     ClipScorer,
@@ -106,7 +106,7 @@ def test_clipscore_reads_mean_and_std_from_the_folder(tmp_path, images):
 
 
 def test_hps_scorer_on_a_converted_checkpoint(tmp_path, images):
-    from mitune_ray.eval.openclip import convert_openclip_checkpoint
+    from mitune_ray.metrics.openclip import convert_openclip_checkpoint
     from mitune_ray.testing.tiny_metrics import tiny_openclip_state_dict
 
     torch.save(tiny_openclip_state_dict(seed=1), tmp_path / "hps.pt")

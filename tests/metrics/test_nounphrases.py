@@ -7,8 +7,8 @@ import re
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval import nounphrases
-from mitune_ray.eval.nounphrases import noun_chunks, noun_phrases, rule_noun_chunks
+from mitune_ray.metrics import nounphrases
+from mitune_ray.metrics.nounphrases import noun_chunks, noun_phrases, rule_noun_chunks
 
 from .conftest import read_prompts
 

@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval._weights import require_model_folder, resolve_device, torch_dtype
-from mitune_ray.eval.nounphrases import Backend, noun_phrases
+from mitune_ray.metrics._weights import require_model_folder, resolve_device, torch_dtype
+from mitune_ray.metrics.nounphrases import Backend, noun_phrases
 
 IMAGE_SIZE = 480  # T2I-CompBench's configs/vqa.yaml
 MAX_PHRASES = 8  # BLIP_vqa.py's --np_num default: later phrases are not asked

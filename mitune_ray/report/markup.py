@@ -1,7 +1,7 @@
 """HTML and SVG pieces of the run report (pure: no I/O, no third-party imports).
 
 Every value that reaches the page goes through `esc` unless it is an `Html` (markup this module
-or report.py built), so prompt text can never become markup.
+or report/page.py built), so prompt text can never become markup.
 
 Example:
     >>> histogram([0.0, 0.4, 1.0, float("nan")], 0.0, 1.0, 2)

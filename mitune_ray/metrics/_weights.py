@@ -1,7 +1,7 @@
 """Checks on a metric's local weights folder, and image decoding shared by the scorers.
 
 Metrics never download: every model loads from a folder the user prepared once (with
-`save_pretrained`, or with `mitune_ray.eval.openclip.convert_openclip_checkpoint` for HPS v2).
+`save_pretrained`, or with `mitune_ray.metrics.openclip.convert_openclip_checkpoint` for HPS v2).
 Only safetensors are read; a folder holding only a pickle (`pytorch_model.bin`) is refused.
 """
 

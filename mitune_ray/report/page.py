@@ -27,7 +27,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.layout import BASE_VERSION as BASE
 from mitune_ray.layout import MANIFEST, version_label
 from mitune_ray.manifest import LEASE_TTL_S
-from mitune_ray.report_html import (
+from mitune_ray.report.markup import (
     Html, esc, fmt, missing, page, signed, svg_histogram, svg_lines, table,
 )
 from mitune_ray.storage import Store

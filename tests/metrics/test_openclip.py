@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval.openclip import (
+from mitune_ray.metrics.openclip import (
     convert_openclip_checkpoint,
     map_openclip_state_dict,
     openclip_config,

@@ -6,7 +6,7 @@ it is read with `torch.load(..., weights_only=True)` (tensors and plain containe
 execution), renamed to transformers' `CLIPModel` layout and written with `save_pretrained` as
 safetensors, together with the CLIP tokenizer. `HpsV2Scorer.from_folder` then loads that folder.
 
-    python -c "from mitune_ray.eval.openclip import convert_openclip_checkpoint as c; \
+    python -c "from mitune_ray.metrics.openclip import convert_openclip_checkpoint as c; \
 c('HPS_v2_compressed.pt', '/models/hps-v2')"
 
 Key mapping (OpenCLIP -> transformers), for the vision tower (prefix `visual.`) and the text one:

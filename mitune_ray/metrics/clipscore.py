@@ -7,7 +7,7 @@
   side and centre-cropped, as `CLIPImageProcessor` does.
 - HPS v2 (Wu et al. 2023): `100 * cos(image, text)` of OpenCLIP ViT-H-14 with the HPS v2
   weights, as the HPS repository reports it (26.17 for SD-2.1-base in the MI-TUNE paper). The
-  folder is written once by `mitune_ray.eval.openclip.convert_openclip_checkpoint` from the
+  folder is written once by `mitune_ray.metrics.openclip.convert_openclip_checkpoint` from the
   published `HPS_v2_compressed.pt`. Images are resized on their longest side and padded with
   black to a square (HPS's `ResizeMaxSize`), text is tokenised with the CLIP BPE (OpenCLIP's).
 
@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval._weights import require_model_folder, resolve_device, torch_dtype
+from mitune_ray.metrics._weights import require_model_folder, resolve_device, torch_dtype
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -34,7 +34,7 @@ CLIP_HOW_TO_FILL = (
 )
 HPS_HOW_TO_FILL = (
     "convert HPS_v2_compressed.pt into it once with "
-    "mitune_ray.eval.openclip.convert_openclip_checkpoint(checkpoint, folder)"
+    "mitune_ray.metrics.openclip.convert_openclip_checkpoint(checkpoint, folder)"
 )
 Fit = Literal["crop", "pad"]
 
