@@ -61,10 +61,15 @@ class Variant:
     t_low: int = 50  # band: t_low < t <= t_high (t > 50 is the library's default)
     t_high: int = 999
     kappa: bool = True  # False: each level's term unweighted (kappa_t dropped)
+    # How the chosen draws combine: "mean" (the estimator), or robust to a few heavy draws:
+    # "median", "rank" (each draw ranks the candidates; ranks averaged), "zscore" (each draw's
+    # values standardised across the prompt's candidates, then averaged).
+    aggregate: str = "mean"
 
     @property
     def name(self) -> str:
-        weight = "" if self.kappa else ", unweighted"
+        weight = ("" if self.kappa else ", unweighted") + (
+            "" if self.aggregate == "mean" else f", {self.aggregate} over draws")
         if (self.t_low, self.t_high) == (50, 999):
             return f"{self.form} K={self.draws}{weight}"
         return f"{self.form}, those of K={self.draws} in t {self.t_low}..{self.t_high}{weight}"
@@ -78,6 +83,7 @@ def variants(draws: int) -> list[Variant]:
     out += [Variant("standard", draws, 50, high) for high in (300, 500, 700)]
     out += [Variant("standard", draws, low, 999) for low in (300, 500)]
     out += [Variant("standard", min(16, draws), kappa=False)]
+    out += [Variant("standard", draws, aggregate=a) for a in ("median", "rank", "zscore")]
     return out
 
 
@@ -149,6 +155,13 @@ def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
     values = np.array(record[variant.form])[chosen]  # (draws, candidates)
     if not variant.kappa:
         values = values / np.array(record["scale"])[chosen, None]
+    if variant.aggregate == "median":
+        return np.median(values, 0)
+    if variant.aggregate == "rank":
+        return np.argsort(np.argsort(values, 1, kind="stable"), 1).mean(0)
+    if variant.aggregate == "zscore":
+        spread = values.std(1, keepdims=True)
+        return ((values - values.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1)).mean(0)
     return values.mean(0)
 
 

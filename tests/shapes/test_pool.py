@@ -42,6 +42,13 @@ def test_a_variant_uses_the_first_draws_in_its_band_in_its_form():
                                [(0.5 + 5) / 2, (1 + 10) / 2])
     np.testing.assert_allclose(variant_scores(rec, Variant("orthogonal", 4)), [5, 0])
     assert variant_scores(rec, Variant("standard", 2, 900, 999)) is None
+    # Robust combinations: a heavy draw cannot outvote the others.
+    heavy = _record("h", [1, 0], [0, 0], levels=[100, 200, 300],
+                    standard=[[1, 0], [1, 0], [0, 50]], orthogonal=[[0, 0]] * 3)
+    assert np.argmax(variant_scores(heavy, Variant("standard", 3))) == 1
+    for aggregate in ("median", "rank", "zscore"):
+        assert np.argmax(variant_scores(heavy, Variant("standard", 3, aggregate=aggregate))) == 0
+    assert Variant("standard", 32, aggregate="rank").name == "standard K=32, rank over draws"
     names = [v.name for v in variants(64)]
     assert "standard K=16" in names and "orthogonal K=16" in names and len(set(names)) == len(names)
 
