@@ -41,7 +41,9 @@ BOOTSTRAPS = 2000
 @dataclass(frozen=True)
 class PoolScale:
     val_prompts: int = 48  # tuning-split prompts: where variants are compared and chosen
-    prompts: int = 200  # held-out evaluation prompts: where they are reported
+    # held-out evaluation prompts: where they are reported (0: none, for searching settings such
+    # as the guidance on validation prompts alone)
+    prompts: int = 200
     candidates: int = 16
     draws: int = 32  # uniform re-noising draws per prompt; variants use subsets of them
     steps: int = 25
@@ -104,8 +106,10 @@ def _short(values: torch.Tensor) -> list:
 def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
     from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
 
-    return {"validation": tune_prompts(scale.val_prompts, seed=7),
-            "held_out": eval_prompts(scale.prompts, seed=0)}
+    lists = {"validation": tune_prompts(scale.val_prompts, seed=7)}
+    if scale.prompts:
+        lists["held_out"] = eval_prompts(scale.prompts, seed=0)
+    return lists
 
 
 def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
@@ -239,10 +243,12 @@ def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
 
 
 def table_lines(result: dict) -> list[str]:
-    lines = ["| variant | validation efficiency | held-out efficiency [95% CI] | held-out kept |",
+    splits = result["splits"]
+    shown = "held_out" if "held_out" in splits else "validation"
+    lines = [f"| variant | validation efficiency | {shown} efficiency [95% CI] | {shown} kept |",
              "|---|---|---|---|"]
-    held = result["splits"]["held_out"]["variants"]
-    for name, val in result["splits"]["validation"]["variants"].items():
+    held = splits[shown]["variants"]
+    for name, val in splits["validation"]["variants"].items():
         h = held[name]
         mark = " (chosen)" if name == result["chosen_on_validation"] else ""
         lines.append(f"| {name}{mark} | {val['efficiency']:+.2f} | {h['efficiency']:+.2f} "
@@ -268,8 +274,9 @@ def main(argv: list[str]) -> int:
     scale = PoolScale(**{f: getattr(args, f) if getattr(args, f) is not None else v
                          for f, v in asdict(base).items()})
     for field, value in asdict(scale).items():
-        if not value > 0:
-            parser.error(f"--{field.replace('_', '-')} {value} must be above 0")
+        if not (value > 0 or (field == "prompts" and value == 0)):
+            least = "0 (no held-out prompts)" if field == "prompts" else "above 0"
+            parser.error(f"--{field.replace('_', '-')} {value} must be {least}")
     out = Store(args.out)
     result = run_pool(args.model, out, scale)
     result["command"] = "mitune shapes pool " + " ".join(argv)
