@@ -24,7 +24,6 @@ free with sampling. Work is written per batch of prompts under `--out`, so a sto
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +32,14 @@ import numpy as np
 import torch
 
 from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.families import decode_latents, encode_prompts
+from mitune_ray.imaging import to_uint8
+from mitune_ray.mi import draw_levels
+from mitune_ray.models import ModelSpec, load_model
+from mitune_ray.prompts import prompt_id
+from mitune_ray.sampling import CandidateSampler, candidate_seed, derive_seed
+from mitune_ray.shapes.checker import check
+from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
 from mitune_ray.storage import Store
 
 BOOTSTRAPS = 2000
@@ -92,11 +99,6 @@ def variants(draws: int) -> list[Variant]:
 TRAJECTORY = "paper form along the trajectory, t>50"
 
 
-def _seed(*parts: object) -> int:
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & (2**63 - 1)
-
-
 def _short(values: torch.Tensor) -> list:
     """Nested lists of 6 significant digits: the work files stay small enough to keep."""
     return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(
@@ -104,8 +106,6 @@ def _short(values: torch.Tensor) -> list:
 
 
 def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
-    from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
-
     lists = {"validation": tune_prompts(scale.val_prompts, seed=7)}
     if scale.prompts:
         lists["held_out"] = eval_prompts(scale.prompts, seed=0)
@@ -115,13 +115,6 @@ def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
 def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
     """Every candidate of `texts`: the checker's verdict, the trajectory MI, and each shared
     re-noising draw's level and value in both forms (unweighted values are value / scale)."""
-    from mitune_ray.families import decode_latents, encode_prompts
-    from mitune_ray.imaging import to_uint8
-    from mitune_ray.mi import draw_levels
-    from mitune_ray.prompts import prompt_id
-    from mitune_ray.sampling import candidate_seed
-    from mitune_ray.shapes.checker import check
-
     cond = encode_prompts(sampler.pipe, sampler.fam, texts, sampler.device)
     table = sampler.level_table()
     n = scale.candidates
@@ -135,7 +128,7 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
     for p, (text, pid) in enumerate(zip(texts, ids)):
         mine = slice(p * n, (p + 1) * n)
         verdicts = [check(text, image) for image in images[mine]]
-        g = torch.Generator().manual_seed(_seed("pool-draws", pid))
+        g = torch.Generator().manual_seed(derive_seed("pool-draws", pid))
         draws = draw_levels(table, scale.draws, tuple(latents.shape[1:]), generator=g)
         standard, orthogonal = sampler.renoise_terms(latents[mine], cond.rows(every[mine]), draws)
         out.append({
@@ -214,9 +207,6 @@ def summarize(records: list[dict], draws: int) -> dict:
 
 def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
     """Score (or resume scoring) both prompt lists and summarize every variant on each."""
-    from mitune_ray.generate import ModelSpec, load_model
-    from mitune_ray.sampling import CandidateSampler
-
     pipe, fam, device, dtype = load_model(ModelSpec(model_path))
     gen = GenerateSection(candidates=scale.candidates, keep=1, steps=scale.steps,
                           guidance=scale.guidance, max_batch=64)
