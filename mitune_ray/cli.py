@@ -58,43 +58,15 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _recipe(args):
-    from mitune_ray.driver import Recipe
-
-    recipe = Recipe(_config(args))
-    recipe.setup()
-    return recipe
-
-
 def cmd_stage(args) -> int:
-    from mitune_ray import layout
-    from mitune_ray.driver import plan_round
+    from mitune_ray.driver import run_single_stage
 
-    recipe = _recipe(args)
-    try:
-        r = args.round
-        if r < 1 or r > recipe.cfg.run.rounds:
-            raise MituneError(f"--round {r} is outside 1..run.rounds={recipe.cfg.run.rounds}")
-        recipe._stage(layout.PROMPTS_STAGE, recipe.prompts_stage)
-        plan = plan_round(recipe.cfg, r, recipe.adapter_uri)
-        for earlier in range(1, r):
-            if recipe.manifest.stage(layout.train_stage(earlier)) is None:
-                raise MituneError(f"round {earlier} is not trained yet; run its stages first "
-                                  f"(mitune run, or mitune train --round {earlier})")
-        if args.command == "generate":
-            recipe._stage(layout.generate_stage(r), lambda: recipe.generate_stage(r, plan))
-        else:
-            if recipe.manifest.stage(layout.generate_stage(r)) is None:
-                raise MituneError(f"round {r} has no generated selected set; run "
-                                  f"'mitune generate --round {r}' first")
-            recipe._stage(layout.train_stage(r), lambda: recipe.train_stage(r, plan))
-    finally:
-        recipe.cleanup()
+    run_single_stage(_config(args), args.command, args.round)
     return 0
 
 
 def cmd_score(args) -> int:
-    from mitune_ray.score import score_images
+    from mitune_ray.stages.score import score_images
 
     score_images(_config(args), args.images, args.out)
     return 0
@@ -122,7 +94,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from mitune_ray.evaluation import evaluate_run
+    from mitune_ray.driver import evaluate_run
 
     evaluate_run(args.run_uri, overrides=args.overrides, guidance=args.guidance)
     return 0

@@ -2,6 +2,11 @@
 
     prompts -> for r in 1..R: generate (model + adapters of earlier rounds) -> train -> [evaluate]
 
+The driver composes the stages (`mitune_ray.stages`: each takes explicit inputs and knows nothing
+of the run around it): it decides which adapters feed each round, where each stage reads and
+writes, and when a stage counts as done. It also owns `mitune eval` (`evaluate_run`) and the
+single-stage commands `mitune generate|train --round N` (`run_single_stage`).
+
 Each stage's outputs live under the run URI (`round-00r/selected`, `round-00r/adapter`, ...: see
 `mitune_ray.layout`) and the stage counts as done only once its manifest entry is committed
 (written last, atomically).
@@ -16,17 +21,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import tempfile
 import time
 from dataclasses import dataclass
 
+import yaml
+
 from mitune_ray import faults, layout
-from mitune_ray.config import Config
+from mitune_ray.config import Config, load_config
 from mitune_ray.errors import MituneError
-from mitune_ray.families import FAMILIES, Family
+from mitune_ray.families import FAMILIES, Family, check_weights, resolve_family
+from mitune_ray.layout import MANIFEST
 from mitune_ray.manifest import Manifest
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, ModelSpec, resolve_model_path
+from mitune_ray.prompts import prepare_corpus, read_prompt_shard
+from mitune_ray.runtime import ensure_ray
+from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck
+from mitune_ray.stages.evaluate import (
+    EvalPrompts, check_guidance, generation_settings, score_version,
+)
+from mitune_ray.stages.generate import generate_round
+from mitune_ray.stages.train import train_adapter
 from mitune_ray.storage import Store, is_s3
+from mitune_ray.tokenizer import clip_tokenizer
 from mitune_ray.training.loss import refuse_diffusion_only
 
 SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
@@ -38,10 +57,6 @@ EVAL_PROMPTS = layout.prompts_dir(layout.EVAL_SPLIT)
 
 def model_family(cfg: Config) -> Family:
     """The family of the configured model, from its model_index.json (no weights loaded)."""
-    from mitune_ray.families import resolve_family
-
-    from mitune_ray.families import check_weights
-
     path = cfg.model.path
     if path.startswith((TINY_PREFIX, BUNDLED_PREFIX)) or not is_s3(path):
         folder = resolve_model_path(path)
@@ -142,7 +157,9 @@ class Recipe:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def _stage(self, name: str, fn) -> dict:
+    def commit_stage(self, name: str, fn) -> dict:
+        """Run stage `name` by `fn` (its manifest entry's fields) unless it is committed already,
+        then commit it; the stage's entry either way."""
         done = self.manifest.stage(name)
         if done is not None:
             self.log(f"[{name}] already committed, skipped")
@@ -155,9 +172,6 @@ class Recipe:
         return entry
 
     def prompts_stage(self) -> dict:
-        from mitune_ray.prompts import prepare_corpus
-        from mitune_ray.tokenizer import clip_tokenizer
-
         p = self.cfg.prompts
         if not p.train:
             raise MituneError("prompts.train is empty; list prompt files (T2I-CompBench .txt, "
@@ -184,8 +198,6 @@ class Recipe:
 
     def _eval_overlap(self, train, ev) -> set[str]:
         """Evaluation prompts are never tuned on, even if a training corpus also holds them."""
-        from mitune_ray.prompts import read_prompt_shard
-
         eval_ids = {pid for s in ev.shards
                     for pid, _, _ in read_prompt_shard(self.store.child(EVAL_PROMPTS), s)}
         train_ids = {pid for s in train.shards for pid, _, split in
@@ -193,9 +205,6 @@ class Recipe:
         return eval_ids & train_ids
 
     def generate_stage(self, r: int, plan: RoundPlan) -> dict:
-        from mitune_ray.generate import generate_round
-        from mitune_ray.runtime import ensure_ray
-
         ensure_ray(self.cfg.ray)  # started only when needed: bad input fails before Ray starts
         prompts = self.manifest.stage(layout.PROMPTS_STAGE)
         excluded = frozenset(prompts.get("excluded_eval_overlap", []))
@@ -216,8 +225,6 @@ class Recipe:
 
     def gallery_ids(self, excluded: frozenset[str]) -> frozenset[str]:
         """The first few training prompts: every candidate of theirs is kept for the report."""
-        from mitune_ray.prompts import read_prompt_shard
-
         n, out = self.cfg.generate.gallery_prompts, []
         for shard in self.manifest.stage(layout.PROMPTS_STAGE)["train"]["shards"]:
             for pid, _, split in read_prompt_shard(self.store.child(TRAIN_PROMPTS), shard):
@@ -225,10 +232,7 @@ class Recipe:
                     out.append(pid)
         return frozenset(out)
 
-    def validation_prompts(self):
-        from mitune_ray.prompts import read_prompt_shard
-        from mitune_ray.sampling import Prompt
-
+    def validation_prompts(self) -> list[Prompt]:
         n = self.cfg.train.validation_prompts
         out = []
         for shard in self.manifest.stage(layout.PROMPTS_STAGE)["train"]["shards"]:
@@ -238,9 +242,6 @@ class Recipe:
         return out
 
     def train_stage(self, r: int, plan: RoundPlan) -> dict:
-        from mitune_ray.runtime import ensure_ray
-        from mitune_ray.train import train_adapter
-
         ensure_ray(self.cfg.ray)
         selected = [f"{layout.round_dir(i)}/{part}" for i in plan.selected_rounds
                     for part in self.store.child(layout.round_dir(i)).list(layout.SELECTED,
@@ -255,23 +256,76 @@ class Recipe:
                 "trained_on_rounds": plan.selected_rounds, "init_adapter": plan.init_adapter,
                 "base_adapters": plan.base_adapters}
 
-    def evaluate_stage(self, r: int, plan: RoundPlan) -> dict:
-        from mitune_ray.evaluation import evaluate_round
+    def eval_prompts(self) -> EvalPrompts:
+        """The run's evaluation prompts, capped by eval.max_prompts."""
+        entry = self.manifest.stage(layout.PROMPTS_STAGE)
+        if layout.EVAL_SPLIT not in entry:
+            raise MituneError("the run has no evaluation prompts; set prompts.eval (e.g. the "
+                              "T2I-CompBench *_val.txt files) before evaluating")
+        return EvalPrompts.read(self.store.child(EVAL_PROMPTS), entry[layout.EVAL_SPLIT]["shards"],
+                                self.cfg.eval.max_prompts)
 
-        return evaluate_round(self, r, plan)
+    def evaluate_version(self, version: str, adapters: list[str], *,
+                         guidance: float | None = None) -> dict:
+        """Generate and score the evaluation images of one model version (`version`: its folder
+        in the run), at the run's guidance or at `guidance` (then into `eval-guidance-G`)."""
+        cfg = self.cfg
+        prompts = self.eval_prompts()
+        ensure_ray(cfg.ray)
+        gen = generation_settings(cfg.generate, cfg.eval, guidance)
+        out = self.store.child(f"{version}/{layout.eval_dir(guidance)}")
+        model = ModelSpec(cfg.model.path, self.family.name, cfg.model.dtype, cfg.model.resolution,
+                          tuple(adapters), cfg.storage.endpoint_url)
+        generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=prompts.store,
+                       shards=prompts.shards, out=out, split=layout.EVAL_SPLIT,
+                       expected_prompts=len(prompts.categories), exclude=prompts.excluded,
+                       with_tensors=False, log=self.log)
+        return score_version(name=version, adapters=adapters, out=out, prompts=prompts,
+                             ev=cfg.eval, guidance=gen.guidance,
+                             cpus_per_actor=cfg.generate.cpus_per_actor, log=self.log)
+
+    def evaluate_round(self, r: int, *, guidance: float | None = None) -> dict:
+        """Evaluate the model after round r (and the base model once, first), at the run's
+        guidance or at `guidance`."""
+        base_version = layout.version_dir(0)
+        base = self.commit_stage(layout.evaluate_stage(base_version, guidance), lambda: {
+            "summary": self.evaluate_version(base_version, [], guidance=guidance)})
+        after = plan_round(self.cfg, r + 1, self.adapter_uri).generate_adapters
+        result = self.evaluate_version(layout.version_dir(r), after, guidance=guidance)
+        delta = {k: result["metrics"][k] - base["summary"]["metrics"].get(k, math.nan)
+                 for k in result["metrics"]}
+        return {"summary": result, "delta_vs_base": delta}
 
     # -- the recipe -----------------------------------------------------------------------------
 
     def run(self) -> dict:
-        self._stage(layout.PROMPTS_STAGE, self.prompts_stage)
+        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage)
         for r in range(1, self.cfg.run.rounds + 1):
             plan = plan_round(self.cfg, r, self.adapter_uri)
-            self._stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
-            self._stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
+            self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
+            self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
             if self.cfg.run.evaluate:
-                self._stage(layout.evaluate_stage(layout.round_dir(r)),
-                            lambda: self.evaluate_stage(r, plan))
+                self.commit_stage(layout.evaluate_stage(layout.version_dir(r)),
+                                  lambda: self.evaluate_round(r))
         return self.manifest.data
+
+    def run_single_stage(self, stage: str, r: int) -> dict:
+        """`mitune generate|train --round r`: that stage alone, after the prompts stage; the
+        earlier rounds must be trained, and training needs the round's generation."""
+        if r < 1 or r > self.cfg.run.rounds:
+            raise MituneError(f"--round {r} is outside 1..run.rounds={self.cfg.run.rounds}")
+        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage)
+        plan = plan_round(self.cfg, r, self.adapter_uri)
+        for earlier in range(1, r):
+            if self.manifest.stage(layout.train_stage(earlier)) is None:
+                raise MituneError(f"round {earlier} is not trained yet; run its stages first "
+                                  f"(mitune run, or mitune train --round {earlier})")
+        if stage == "generate":
+            return self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
+        if self.manifest.stage(layout.generate_stage(r)) is None:
+            raise MituneError(f"round {r} has no generated selected set; run "
+                              f"'mitune generate --round {r}' first")
+        return self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
 
     def cleanup(self) -> None:
         if self.manifest is not None:
@@ -288,6 +342,45 @@ def run(cfg: Config, *, log=print) -> dict:
         recipe.cleanup()
     log(status_text(manifest, recipe.store.uri))
     return manifest
+
+
+def run_single_stage(cfg: Config, stage: str, r: int, *, log=print) -> dict:
+    """`mitune generate|train --round r` (`Recipe.run_single_stage`); returns the stage's entry."""
+    recipe = Recipe(cfg, log=log)
+    try:
+        recipe.setup()
+        return recipe.run_single_stage(stage, r)
+    finally:
+        recipe.cleanup()
+
+
+def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
+                 guidance: float | None = None, log=print) -> dict:
+    """`mitune eval RUN_URI`: evaluate the base model and every trained round of a run (those not
+    evaluated yet), at the run's guidance or, with `guidance`, again at that one."""
+    if guidance is not None:
+        check_guidance(guidance, "--guidance")
+    store = Store(run_uri)
+    if not store.exists(MANIFEST):
+        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
+    stored = Config.model_validate(store.read_json(MANIFEST)["config"])
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(stored.to_dict(), f)
+        f.flush()
+        cfg = load_config(f.name, [f"run.uri={run_uri}", *(overrides or [])])
+    recipe = Recipe(cfg, log=log)
+    try:
+        recipe.setup()
+        trained = [r for r in range(1, cfg.run.rounds + 1)
+                   if recipe.manifest.stage(layout.train_stage(r))]
+        if not trained:
+            raise MituneError(f"no round of {run_uri} is trained yet; nothing to evaluate")
+        for r in trained:
+            recipe.commit_stage(layout.evaluate_stage(layout.version_dir(r), guidance),
+                                lambda r=r: recipe.evaluate_round(r, guidance=guidance))
+        return recipe.manifest.data
+    finally:
+        recipe.cleanup()
 
 
 def status_text(manifest: dict, uri: str) -> str:

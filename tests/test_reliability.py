@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.config import GenerateSection, MISection
-from mitune_ray.generate import done_prompt_ids, generate_round
+from mitune_ray.stages.generate import done_prompt_ids, generate_round
 from mitune_ray.models import ModelSpec
 from mitune_ray.records import to_parquet_bytes
 from mitune_ray.storage import Store
@@ -158,7 +158,7 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
     from ray.util.state import list_actors
 
     from mitune_ray.config import load_config
-    from mitune_ray.train import train_adapter
+    from mitune_ray.stages.train import train_adapter
     from mitune_ray.training.loop import FAULT_SETTLE_S
     from tests.test_train import selected_rows, write_shards
 

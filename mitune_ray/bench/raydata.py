@@ -41,7 +41,7 @@ def compare(model: str, texts: list[str], gen: GenerateSection, *, actors: list[
     """In-process seconds and, per actor count, the stage's seconds and throughput ratios."""
     import ray
 
-    from mitune_ray.generate import generate_round
+    from mitune_ray.stages.generate import generate_round
     from mitune_ray.models import ModelSpec, load_model
     from mitune_ray.prompts import prepare_corpus, prompt_id
     from mitune_ray.runtime import ensure_ray

@@ -295,8 +295,8 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
                 arms: tuple[str, ...] = ARMS) -> dict:
     """Part 2: the full loop for each selection arm; per-round gains over the base model (also
     at `scale.control_guidance`, when set)."""
-    from mitune_ray.driver import run
-    from mitune_ray.evaluation import check_guidance, evaluate_run
+    from mitune_ray.driver import evaluate_run, run
+    from mitune_ray.stages.evaluate import check_guidance
 
     control = scale.control_guidance or None
     if control:  # before hours of runs, not after

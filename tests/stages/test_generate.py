@@ -7,14 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.config import GenerateSection, MISection, PromptsSection
-from mitune_ray.generate import done_prompt_ids, generate_round
+from mitune_ray.stages.generate import done_prompt_ids, generate_round
 from mitune_ray.models import ModelSpec
 from mitune_ray.prompts import prepare_corpus, prompt_id
 from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store
 
 # Real DiffusionDB prompts (ImageReward's ReFL list), shipped in the package.
-DIFFUSIONDB = (Path(__file__).resolve().parents[1] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
+DIFFUSIONDB = (Path(__file__).resolve().parents[2] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
                / "imagereward_refl_prompts.txt")
 
 

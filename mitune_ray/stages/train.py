@@ -1,6 +1,6 @@
 """The Ray Train + DeepSpeed stage: fine-tune a DoRA adapter on one round's selected set.
 
-    from mitune_ray.train import train_adapter
+    from mitune_ray.stages.train import train_adapter
     result = train_adapter(cfg, model_path="tiny:sd", selected=[".../part-ab12.parquet"],
                            out=Store("runs/demo/round-1"), run_name="round-1-train")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import mitune_ray.train as train_module
+import mitune_ray.stages.train as train_module
 from mitune_ray.adapters import ADAPTER_FILE, dora_config
 from mitune_ray.config import TrainSection, load_config
 from mitune_ray.errors import MituneError
@@ -26,7 +26,7 @@ from mitune_ray.training.checkpoint import (
     METADATA_KEY, SafetensorsCheckpointEngine, load_state, save_state,
 )
 from mitune_ray.training.engine import Schedule, deepspeed_config, resolve_schedule
-from mitune_ray.train import TEST_HOOKS_ENV, TrainResult, train_adapter
+from mitune_ray.stages.train import TEST_HOOKS_ENV, TrainResult, train_adapter
 from tests.test_adapters import trained_adapter
 
 VALIDATION = [Prompt("val-1", "a red ball"), Prompt("val-2", "a blue cone")]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.eval.stage import ScorerSpec, build_scorer, score_dataset
+from mitune_ray.stages.evaluate import ScorerSpec, build_scorer, score_dataset
 
 PROMPTS = ["a green bench and a blue bowl", "a cat on the left of a dog", "a red apple"]
 

@@ -12,7 +12,7 @@ from mitune_ray.config import load_config
 from mitune_ray.errors import MituneError
 from mitune_ray.imaging import png_bytes
 from mitune_ray.prompts import prompt_id
-from mitune_ray.score import score_images
+from mitune_ray.stages.score import score_images
 
 
 def images(n, seed=0):
