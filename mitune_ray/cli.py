@@ -21,7 +21,7 @@ import os
 import sys
 from importlib import resources
 
-from mitune_ray import __version__
+from mitune_ray import __version__, shapes
 from mitune_ray.errors import MituneError
 
 DEMO = "demo.yaml"
@@ -167,8 +167,15 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def register_plugins() -> None:
+    """The composition root wires the testbeds into the framework's registries (ShapesWorld's
+    prompt source, selector and metrics); no framework module imports a testbed."""
+    shapes.register()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    register_plugins()
     try:
         if argv[:1] == ["bench"]:  # own flags, which argparse's REMAINDER would not pass on
             from mitune_ray.bench import main as bench_main

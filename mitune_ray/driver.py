@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import dataclass
 
 import yaml
 
-from mitune_ray import faults, layout
+from mitune_ray import faults, layout, registry
 from mitune_ray.config import Config, load_config
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Family, check_weights, resolve_family
@@ -40,17 +41,14 @@ from mitune_ray.runtime import ensure_ray
 from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck
 from mitune_ray.stages.evaluate import (
-    EvalPrompts, check_guidance, generation_settings, score_version,
+    BUILTIN_METRICS, EvalPrompts, check_guidance, generation_settings, score_version,
 )
-from mitune_ray.stages.generate import generate_round
+from mitune_ray.stages.generate import BUILTIN_SELECTORS, generate_round
 from mitune_ray.stages.train import train_adapter
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.tokenizer import clip_tokenizer
 from mitune_ray.training.loss import refuse_diffusion_only
 
-SYNTHETIC_PREFIX = "shapes:"  # "shapes:train:64" -> 64 ShapesWorld training prompts
-# train: the base model's training split; eval: held out; tune: held out, disjoint from eval
-SYNTHETIC_SPLITS = ("train", "eval", "tune")
 TRAIN_PROMPTS = layout.prompts_dir(layout.TRAIN_SPLIT)
 EVAL_PROMPTS = layout.prompts_dir(layout.EVAL_SPLIT)
 
@@ -83,30 +81,38 @@ def resolve(cfg: Config, fam: Family) -> Config:
     refuse_diffusion_only(fam, cfg.train.model_dump(),  # before any stage runs
                           where=f"model.path={cfg.model.path} (a {fam.name} model)")
     generate = cfg.generate
-    if generate.pool_metric == "auto":  # the exact checker where the model is ShapesWorld's
-        judged = "shapes" if cfg.model.path == f"{BUNDLED_PREFIX}shapes" else "none"
+    if generate.pool_metric == "auto":  # e.g. the exact checker where the model is ShapesWorld's
+        judged = registry.default_pool_metric(cfg.model.path)
         generate = generate.model_copy(update={"pool_metric": judged})
+    check_plugins(cfg.model_copy(update={"generate": generate}))
     return cfg.model_copy(update={"train": train, "generate": generate,
                                   "model": cfg.model.model_copy(update={"family": fam.name})})
 
 
-def _materialize_sources(sources: list[str], store: Store, kind: str) -> list[str]:
-    """Synthetic sources ("shapes:train:N") become text files inside the run, so the corpus
-    step reads them like any other file."""
+def check_plugins(cfg: Config) -> None:
+    """Every plug-in the config names is registered (`mitune_ray.registry`): fails before Ray."""
+    gen = cfg.generate
+    if gen.select_by not in BUILTIN_SELECTORS:
+        registry.entry(registry.SELECTORS, gen.select_by, where="generate.select_by")
+    if gen.pool_metric not in ("auto", "none"):
+        registry.entry(registry.POOL_METRICS, gen.pool_metric, where="generate.pool_metric")
+    for metric in cfg.eval.metrics:
+        if metric not in BUILTIN_METRICS:
+            registry.entry(registry.EVAL_METRICS, metric, where="eval.metrics")
+
+
+def materialize_sources(sources: list[str], store: Store, kind: str) -> list[str]:
+    """Sources of a registered prompt source ("shapes:train:64", `mitune_ray.registry`) become
+    text files inside the run, so the corpus step reads them like any other file."""
     out = []
     for src in sources:
-        if not src.startswith(SYNTHETIC_PREFIX):
+        found = registry.find(registry.PROMPT_SOURCES, src.split(":", 1)[0]) if ":" in src else None
+        if found is None:
             out.append(src)
             continue
-        parts = src.split(":")
-        if len(parts) != 3 or parts[1] not in SYNTHETIC_SPLITS or not parts[2].isdigit():
-            raise MituneError(f"prompt source {src!r} ({kind}) is not shapes:SPLIT:N with SPLIT "
-                              f"one of {', '.join(SYNTHETIC_SPLITS)} and N a count")
-        from mitune_ray.shapes import prompts as shapes_prompts
-
-        maker = getattr(shapes_prompts, f"{parts[1]}_prompts")
-        rel = layout.input_file(f"shapes-{parts[1]}-{parts[2]}")
-        store.write_bytes(rel, "\n".join(maker(int(parts[2]))).encode())
+        texts = registry.load(found)(src, kind)
+        rel = layout.input_file(re.sub(r"[^A-Za-z0-9_.-]", "-", src))
+        store.write_bytes(rel, "\n".join(texts).encode())
         out.append(store.child_uri(rel))
     return out
 
@@ -181,13 +187,13 @@ class Recipe:
         def lengths(texts):
             return [len(ids) for ids in tokenizer(texts, truncation=False).input_ids]
 
-        train = prepare_corpus(_materialize_sources(p.train, self.store, "prompts.train"),
+        train = prepare_corpus(materialize_sources(p.train, self.store, "prompts.train"),
                                self.store.child(TRAIN_PROMPTS), settings=p,
                                endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)
         self.log(f"[prompts] train corpus: {train.summary()}")
         info = {"train": dataclasses.asdict(train)}
         if p.eval:
-            ev = prepare_corpus(_materialize_sources(p.eval, self.store, "prompts.eval"),
+            ev = prepare_corpus(materialize_sources(p.eval, self.store, "prompts.eval"),
                                 self.store.child(EVAL_PROMPTS), settings=p,
                                 split_name=layout.EVAL_SPLIT,
                                 endpoint_url=self.cfg.storage.endpoint_url, token_lengths=lengths)

@@ -83,13 +83,14 @@ class CandidateSampler:
     def __init__(self, pipe, fam: Family, gen: GenerateSection, mi: MISection, *, device,
                  dtype: torch.dtype = torch.float32, resolution: int | None = None,
                  scorer=None, judge=None):
-        """`scorer(prompt_text, images) -> scores` ranks candidates when `gen.select_by` is
-        "checker" (the ShapesWorld oracle); MI ranks them otherwise. `judge(prompt_text, images)
+        """`scorer(prompt_text, images) -> scores` ranks candidates when `gen.select_by` names a
+        selector (e.g. "checker", the ShapesWorld oracle); MI or a random draw otherwise. `judge(prompt_text, images)
         -> scores` (e.g. fully correct 1/0), when given, scores every finished candidate, so that
         the kept ones can be compared with the pool."""
         self.pipe, self.fam, self.gen, self.mi_cfg = pipe, fam, gen, mi
-        if gen.select_by == "checker" and scorer is None:
-            raise ValueError("generate.select_by=checker needs a scorer (the ShapesWorld checker)")
+        if gen.select_by not in ("mi", "random") and scorer is None:
+            raise ValueError(f"generate.select_by={gen.select_by} needs a scorer (a registered "
+                             "selector, e.g. ShapesWorld's checker)")
         self.scorer, self.judge = scorer, judge
         self.device, self.dtype = torch.device(device), dtype
         self.shape = latent_shape(pipe, fam, resolution)

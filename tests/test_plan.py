@@ -1,8 +1,9 @@
 """The driver's planning: round chaining options (which adapters feed generation and training),
 synthetic prompt sources."""
 
+import mitune_ray.shapes  # noqa: F401 - registers the shapes:SPLIT:N prompt source
 from mitune_ray.config import load_config
-from mitune_ray.driver import _materialize_sources, plan_round, resolve
+from mitune_ray.driver import materialize_sources, plan_round, resolve
 from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES
 
@@ -45,11 +46,11 @@ def test_synthetic_sources_become_prompt_files_in_the_run(tmp_path):
 
     store = Store(str(tmp_path / "run"))
     other = str(tmp_path / "mine.txt")
-    uris = _materialize_sources(["shapes:tune:5", other, "shapes:eval:3"], store, "prompts.train")
+    uris = materialize_sources(["shapes:tune:5", other, "shapes:eval:3"], store, "prompts.train")
     assert uris[1] == other
     assert store.read_bytes("inputs/shapes-tune-5.txt").decode().split("\n") == tune_prompts(5)
     assert store.read_bytes("inputs/shapes-eval-3.txt").decode().split("\n") == eval_prompts(3)
     for bad in ("shapes:test:5", "shapes:tune", "shapes:tune:five"):
         with pytest.raises(MituneError, match=f"prompt source '{bad}' \\(prompts.train\\) is not "
                                               "shapes:SPLIT:N with SPLIT one of train, eval, tune"):
-            _materialize_sources([bad], store, "prompts.train")
+            materialize_sources([bad], store, "prompts.train")

@@ -3,8 +3,10 @@
 import sys
 
 from mitune_ray.bench import main
+from mitune_ray.cli import register_plugins
 from mitune_ray.errors import MituneError
 
+register_plugins()  # e.g. --shapes-prompts
 try:
     sys.exit(main(sys.argv[1:]))
 except MituneError as err:

@@ -13,13 +13,14 @@ from dataclasses import replace
 
 import torch
 
+from mitune_ray import registry
 from mitune_ray.bench.archs import REAL_ARCHS, Arch, folder_arch, load_arch, tiny_arch
 from mitune_ray.bench.flops import FlopCount, forward_flops, matmul_peak
 from mitune_ray.bench.generation import Workload, mi_overhead, time_generation
-from mitune_ray.levers import Levers
 from mitune_ray.bench.recorder import Recorder
 from mitune_ray.bench.recorder import count as fmt_count
 from mitune_ray.bench.training import TrainWorkload, time_training
+from mitune_ray.levers import Levers
 
 # The project's reference per-image forward TFLOPs (its hardware notes, ENVIRONMENT.md, which is not
 # part of this repository): SD-2.1-base at 512 px, SD-XL at 1024 px, SD3.5-medium at 1024 px with
@@ -180,10 +181,9 @@ class Bench:
         a, quick = self.args, self.args.quick
         model = a.model or "tiny:sd"
         n = a.prompts or (3 if quick else 16)
-        if model == "bundled:shapes" or a.shapes_prompts:
-            from mitune_ray.shapes.prompts import train_prompts
-
-            texts, default_steps = train_prompts(n), 50  # ShapesWorld's sampling steps
+        if model == "bundled:shapes" or a.shapes_prompts:  # ShapesWorld's, its sampling steps
+            source = registry.entry(registry.PROMPT_SOURCES, "shapes", where="--shapes-prompts")
+            texts, default_steps = registry.load(source)(f"shapes:train:{n}", "--shapes-prompts"), 50
         else:
             texts, default_steps = synthetic_prompts(n), 20
         gen = GenerateSection(candidates=a.candidates or (4 if quick else 16),

@@ -9,8 +9,9 @@ T2I-CompBench's color/shape/...) to `metrics.json`. At another classifier-free g
 (`mitune eval RUN --guidance G`) the folder is `<version>/eval-guidance-G/`: whether a gain at the
 run's guidance is better alignment or only a tolerance of that guidance (`mitune_ray.layout`).
 
-Metrics: `mi` (the model's own trajectory MI), `shapes` (the exact ShapesWorld checker),
-`blip_vqa`, `clip_score`, `hps` (from local weights, through `score_dataset`).
+Metrics: `mi` (the model's own trajectory MI), `blip_vqa`, `clip_score`, `hps` (from local weights,
+through `score_dataset`), and any registered evaluation metric (`mitune_ray.registry`; ShapesWorld
+registers `shapes`, the exact checker).
 
 `score_dataset` is a Ray Data stage that scores (image PNG bytes, prompt) rows with the metric
 models. Each actor of the pool loads the metric models once (from local folders: see each
@@ -38,11 +39,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mitune_ray import layout
+from mitune_ray import layout, registry
 from mitune_ray.config import EvalSection, GenerateSection
 from mitune_ray.errors import MituneError
 from mitune_ray.records import to_parquet_bytes
 from mitune_ray.storage import Store
+
+# eval.metrics computed here; any other is a registered evaluation metric (`mitune_ray.registry`)
+BUILTIN_METRICS = ("mi", "blip_vqa", "clip_score", "hps")
 
 
 def check_guidance(guidance: float, where: str) -> None:
@@ -105,14 +109,11 @@ def metric_columns(table: pa.Table, ev: EvalSection, *,
     out: dict[str, list[float]] = {}
     if "mi" in ev.metrics:
         out["mi"] = table.column("mi").to_pylist()
-    if "shapes" in ev.metrics:
-        from mitune_ray.imaging import from_png
-        from mitune_ray.shapes.checker import check
-
-        results = [check(p, from_png(b)) for p, b in
-                   zip(table.column("prompt").to_pylist(), table.column("png").to_pylist())]
-        out["shapes_correct"] = [float(r.all_correct) for r in results]
-        out["shapes_fraction"] = [float(r.fraction) for r in results]
+    for metric in ev.metrics:
+        if metric not in BUILTIN_METRICS:
+            columns = registry.load(registry.entry(registry.EVAL_METRICS, metric,
+                                                   where="eval.metrics"))
+            out.update(columns(table.column("prompt").to_pylist(), table.column("png").to_pylist()))
     specs = [ScorerSpec(kind, path, column=metric)
              for metric, kind, path in (("blip_vqa", "blipvqa", ev.blip_path),
                                         ("clip_score", "clipscore", ev.clip_path),

@@ -23,10 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mitune_ray import layout
+from mitune_ray import faults, layout, registry
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError, user_error_in
-from mitune_ray import faults
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
 from mitune_ray.models import ModelSpec, load_model
@@ -36,6 +35,8 @@ from mitune_ray.records import (
 from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck, pool_check
 from mitune_ray.storage import Store
+
+BUILTIN_SELECTORS = ("mi", "random")  # generate.select_by; any other is a registered selector
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class GenerateUDF:
     """Ray Data actor: one pipeline, many batches of prompts."""
 
     def __init__(self, model: ModelSpec, gen: GenerateSection, mi: MISection, round_index: int,
-                 out: Store, gallery: frozenset[str] = frozenset(), with_tensors: bool = True):
+                 out: Store, gallery: frozenset[str] = frozenset(), with_tensors: bool = True,
+                 scorer: str | None = None, judge: str | None = None):
+        """`scorer` / `judge`: entry points (`mitune_ray.registry`) of the selector and the pool
+        metric, imported here: this process never ran the driver's registration."""
         from mitune_ray.sampling import CandidateSampler
 
         pipe, fam, device, dtype = load_model(model)
@@ -77,13 +81,10 @@ class GenerateUDF:
                 channels_last=gen.channels_last,
                 compile_cache_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mitune-inductor")))
         self.family = fam.name
-        scorer = judge = None
-        if gen.select_by == "checker":
-            from mitune_ray.shapes.checker import checker_scores as scorer
-        if gen.pool_metric == "shapes":
-            from mitune_ray.shapes.checker import fully_correct as judge
-        self.sampler = CandidateSampler(pipe, fam, gen, mi, device=device, dtype=dtype,
-                                        resolution=model.resolution, scorer=scorer, judge=judge)
+        self.sampler = CandidateSampler(
+            pipe, fam, gen, mi, device=device, dtype=dtype, resolution=model.resolution,
+            scorer=registry.load(scorer) if scorer else None,
+            judge=registry.load(judge) if judge else None)
         self.round_index, self.out = round_index, out
         self.gallery, self.with_tensors = gallery, with_tensors
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
@@ -174,6 +175,10 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     ensure_ray()
     if not shards:
         raise MituneError(f"no prompt shards under {prompts.uri}; prepare the corpus first")
+    scorer = None if gen.select_by in BUILTIN_SELECTORS else registry.entry(
+        registry.SELECTORS, gen.select_by, where="generate.select_by")
+    judge = None if gen.pool_metric in ("auto", "none") else registry.entry(
+        registry.POOL_METRICS, gen.pool_metric, where="generate.pool_metric")
     done = frozenset(done_prompt_ids(out))
     if expected_prompts is not None and len(done) >= expected_prompts:
         summary = GenerationSummary(0, len(done), _count_rows(out), 0, 0.0, float("nan"),
@@ -198,7 +203,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     ds = ds.map_batches(
         GenerateUDF, fn_constructor_kwargs={"model": model, "gen": gen, "mi": mi,
                                             "round_index": round_index, "out": out,
-                                            "gallery": gallery, "with_tensors": with_tensors},
+                                            "gallery": gallery, "with_tensors": with_tensors,
+                                            "scorer": scorer, "judge": judge},
         batch_size=gen.prompts_per_batch, batch_format="pyarrow",
         # One batch in flight per actor: batches take seconds to minutes each, and queueing several
         # on the first actor to start would leave the others idle on small corpora.

@@ -1,0 +1,40 @@
+"""ShapesWorld in the framework's registries (`mitune_ray.registry`): what `register` plugs in.
+
+- prompt source `shapes:SPLIT:N`: N prompts of a split (train: the base model's training split;
+  eval: held out; tune: held out, disjoint from eval), e.g. `prompts.train=[shapes:tune:192]`;
+- selector `checker` (`generate.select_by=checker`): the exact checker, an oracle upper bound;
+- pool metric `shapes` (`generate.pool_metric`, and what `auto` means for `bundled:shapes`): is
+  each candidate fully correct;
+- evaluation metric `shapes` (`eval.metrics`): `shapes_correct` and `shapes_fraction` per image.
+"""
+
+from __future__ import annotations
+
+from mitune_ray.errors import MituneError
+from mitune_ray.imaging import from_png
+from mitune_ray.shapes import prompts as shapes_prompts
+from mitune_ray.shapes.checker import check
+
+PREFIX = "shapes"
+SPLITS = ("train", "eval", "tune")  # the prompt lists of `mitune_ray.shapes.prompts`
+
+
+def prompt_source(source: str, where: str) -> list[str]:
+    """The prompts of a `shapes:SPLIT:N` source ("shapes:train:64": 64 training prompts).
+
+    Example:
+        >>> prompt_source("shapes:eval:2", "prompts.eval") == shapes_prompts.eval_prompts(2)
+        True
+    """
+    parts = source.split(":")
+    if len(parts) != 3 or parts[0] != PREFIX or parts[1] not in SPLITS or not parts[2].isdigit():
+        raise MituneError(f"prompt source {source!r} ({where}) is not shapes:SPLIT:N with SPLIT "
+                          f"one of {', '.join(SPLITS)} and N a count")
+    return getattr(shapes_prompts, f"{parts[1]}_prompts")(int(parts[2]))
+
+
+def eval_columns(prompts: list[str], pngs: list[bytes]) -> dict[str, list[float]]:
+    """The checker on evaluation images: all facts hold (0/1), and the share that hold."""
+    results = [check(p, from_png(b)) for p, b in zip(prompts, pngs)]
+    return {"shapes_correct": [float(r.all_correct) for r in results],
+            "shapes_fraction": [float(r.fraction) for r in results]}
