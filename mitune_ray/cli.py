@@ -74,13 +74,10 @@ def cmd_score(args) -> int:
 
 def cmd_status(args) -> int:
     from mitune_ray.driver import status_text
-    from mitune_ray.layout import MANIFEST
-    from mitune_ray.storage import Store
+    from mitune_ray.manifest import read_run
 
-    store = Store(args.run_uri)
-    if not store.exists(MANIFEST):
-        raise MituneError(f"no run at {args.run_uri} (no {MANIFEST}); check the URI")
-    print(status_text(store.read_json(MANIFEST), store.uri))
+    store, manifest = read_run(args.run_uri)
+    print(status_text(manifest, store.uri))
     return 0
 
 

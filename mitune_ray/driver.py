@@ -32,9 +32,8 @@ import yaml
 from mitune_ray import faults, layout, registry
 from mitune_ray.config import Config, load_config
 from mitune_ray.errors import MituneError
-from mitune_ray.families import FAMILIES, Family, check_weights, resolve_family
-from mitune_ray.layout import MANIFEST
-from mitune_ray.manifest import Manifest
+from mitune_ray.families import Family, check_weights, family_of_class, resolve_family
+from mitune_ray.manifest import Manifest, read_run
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, ModelSpec, resolve_model_path
 from mitune_ray.prompts import prepare_corpus, read_prompt_shard
 from mitune_ray.runtime import ensure_ray
@@ -62,9 +61,7 @@ def model_family(cfg: Config) -> Family:
         check_weights(folder)  # a damaged file fails here, before any actor starts
         return fam
     index = Store(path, endpoint_url=cfg.storage.endpoint_url).read_json("model_index.json")
-    from mitune_ray.families import _BY_CLASS  # noqa: PLC2701 - the table's own index
-
-    found = _BY_CLASS.get(index.get("_class_name"))
+    found = family_of_class(index.get("_class_name"))
     if found is None or cfg.model.family not in ("auto", found.name):
         raise MituneError(f"model.path={path} holds a {index.get('_class_name')}, which does "
                           f"not match model.family={cfg.model.family}")
@@ -366,10 +363,8 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
     evaluated yet), at the run's guidance or, with `guidance`, again at that one."""
     if guidance is not None:
         check_guidance(guidance, "--guidance")
-    store = Store(run_uri)
-    if not store.exists(MANIFEST):
-        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
-    stored = Config.model_validate(store.read_json(MANIFEST)["config"])
+    _, manifest = read_run(run_uri)
+    stored = Config.model_validate(manifest["config"])
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         yaml.safe_dump(stored.to_dict(), f)
         f.flush()

@@ -23,7 +23,8 @@ class Family:
     pipeline_class: str  # diffusers class named in model_index.json
     denoiser: str  # pipeline attribute: "unet" or "transformer"
     target_modules: tuple[str, ...]  # DoRA targets (reference settings)
-    estimator: str  # "ddpm": MI-TUNE's kappa estimator; "flow": RFMI
+    process: str  # the diffusion process: "ddpm" (discrete time; MI by MI-TUNE's kappa) or
+    # "flow" (rectified flow; MI by RFMI). Not `mi.estimator`, which says how MI is estimated.
     loss: str  # "diffusion": epsilon/v MSE, uniform t; "flow_matching": logit-normal t
     pooled: bool  # pooled text embeddings condition the denoiser
     time_ids: bool  # SD-XL's size/crop micro-conditioning
@@ -36,14 +37,14 @@ _ATTN = ("to_q", "to_k", "to_v", "to_out.0")
 FAMILIES: dict[str, Family] = {
     "sd": Family(
         name="sd", pipeline_class="StableDiffusionPipeline", denoiser="unet",
-        target_modules=_ATTN, estimator="ddpm", loss="diffusion", pooled=False, time_ids=False,
+        target_modules=_ATTN, process="ddpm", loss="diffusion", pooled=False, time_ids=False,
         lora_kwarg="unet_lora_layers",
         train_defaults={"lr": 1e-4, "grad_accum": 50, "max_grad_norm": 1.0, "steps": 300,
                         "warmup_steps": 0},
     ),
     "sdxl": Family(
         name="sdxl", pipeline_class="StableDiffusionXLPipeline", denoiser="unet",
-        target_modules=_ATTN, estimator="ddpm", loss="diffusion", pooled=True, time_ids=True,
+        target_modules=_ATTN, process="ddpm", loss="diffusion", pooled=True, time_ids=True,
         lora_kwarg="unet_lora_layers",
         train_defaults={"lr": 1e-4, "grad_accum": 50, "max_grad_norm": 1.0, "steps": 300,
                         "warmup_steps": 0},
@@ -51,13 +52,18 @@ FAMILIES: dict[str, Family] = {
     "sd3": Family(
         name="sd3", pipeline_class="StableDiffusion3Pipeline", denoiser="transformer",
         target_modules=_ATTN + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
-        estimator="flow", loss="flow_matching", pooled=True, time_ids=False,
+        process="flow", loss="flow_matching", pooled=True, time_ids=False,
         lora_kwarg="transformer_lora_layers",
         train_defaults={"lr": 5e-6, "grad_accum": 5, "max_grad_norm": 5e-3, "steps": 2000,
                         "warmup_steps": 400},
     ),
 }
 _BY_CLASS = {f.pipeline_class: f for f in FAMILIES.values()}
+
+
+def family_of_class(pipeline_class: str | None) -> Family | None:
+    """The family whose pipeline class `model_index.json` names (None: not a supported one)."""
+    return _BY_CLASS.get(pipeline_class)
 
 
 def family_of_folder(folder: Path) -> Family:

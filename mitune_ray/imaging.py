@@ -22,6 +22,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def decode_png(data: bytes):
+    """An RGB `PIL.Image` from encoded image bytes (PNG, or any format PIL reads)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
 def from_png(data: bytes) -> np.ndarray:
     """PNG (or any PIL-readable) bytes -> (H, W, 3) uint8."""
     from PIL import Image

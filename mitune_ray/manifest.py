@@ -65,6 +65,14 @@ class Lease:
         return self.host == socket.gethostname() and not _pid_alive(self.pid)
 
 
+
+def read_run(run_uri: str) -> tuple[Store, dict]:
+    """The run folder at `run_uri` and its manifest; a one-line error where there is no run."""
+    store = Store(run_uri)
+    if not store.exists(MANIFEST):
+        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
+    return store, store.read_json(MANIFEST)
+
 class Manifest:
     """Read-modify-write access to a run's manifest (one writer: the lease holder)."""
 

@@ -15,7 +15,7 @@ import os
 # "Failed to query Ray Train Controller actor state" about once a second of training (153 lines
 # in the demo). It only matters when the controller dies without cleaning up, which the driver's
 # own process exit already covers on a local cluster.
-_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
 def local_worker_setup() -> None:
@@ -27,4 +27,4 @@ def local_worker_setup() -> None:
     import ray
 
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)

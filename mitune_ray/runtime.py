@@ -34,6 +34,14 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def gpus_per_actor(requested: float | None) -> float:
+    """GPUs each actor of a Ray Data stage reserves: as configured, else 1 on a cluster with
+    GPUs and 0 on one without (every stage's `gpus_per_actor: null`)."""
+    if requested is not None:
+        return requested
+    return 1.0 if cluster_has_gpus() else 0.0
+
+
 def local_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

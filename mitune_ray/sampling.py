@@ -97,7 +97,7 @@ class CandidateSampler:
         self.height = self.width = self.shape[1] * pipe.vae_scale_factor
         self.scheduler = self._make_scheduler()
         self._set_timesteps()
-        if fam.estimator == "ddpm":
+        if fam.process == "ddpm":
             self.timesteps = [int(t) for t in self.scheduler.timesteps.tolist()]
             self.weights = ddpm_trajectory_weights(
                 self.timesteps, self.scheduler.alphas_cumprod, t_min=mi.t_min,
@@ -116,7 +116,7 @@ class CandidateSampler:
     def _make_scheduler(self):
         from diffusers import DDPMScheduler
 
-        if self.fam.estimator == "ddpm":
+        if self.fam.process == "ddpm":
             if self.gen.scheduler == "ddpm":
                 return DDPMScheduler.from_config(self.pipe.scheduler.config)
             if not hasattr(self.pipe.scheduler, "alphas_cumprod"):
@@ -187,7 +187,7 @@ class CandidateSampler:
             cond_out, uncond_out = out.float().chunk(2)
             acc.update(i, cond_out, uncond_out)
             guided = uncond_out + self.gen.guidance * (cond_out - uncond_out)
-            step_kwargs = {"generator": gens} if self.fam.estimator == "ddpm" else {}
+            step_kwargs = {"generator": gens} if self.fam.process == "ddpm" else {}
             latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
         return alive, latents.float(), acc
 
@@ -317,7 +317,7 @@ class CandidateSampler:
 
     def level_table(self) -> LevelTable:
         """The re-noising quadrature of this model and `mi` settings."""
-        if self.fam.estimator == "ddpm":
+        if self.fam.process == "ddpm":
             return ddpm_levels(self.scheduler.alphas_cumprod, t_min=self.mi_cfg.t_min,
                                kappa_variant=self.mi_cfg.kappa,
                                prediction_type=self.scheduler.config.prediction_type)
@@ -330,7 +330,7 @@ class CandidateSampler:
         batch = len(z0)
         embeds, pooled = self._expand(cond, batch)
         ids = time_ids(self.pipe, self.fam, self.height, self.width, 2 * batch, self.device, self.dtype)
-        flow = self.fam.estimator == "flow"
+        flow = self.fam.process == "flow"
 
         def predict_pair(z, levels):
             t = levels * 1000.0 if flow else levels.long()

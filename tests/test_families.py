@@ -38,7 +38,7 @@ def test_family_table_holds_the_reference_settings():
     assert FAMILIES["sd3"].train_defaults == {"lr": 5e-6, "grad_accum": 5, "max_grad_norm": 5e-3,
                                              "steps": 2000, "warmup_steps": 400}
     assert set(FAMILIES["sd3"].target_modules) >= {"add_q_proj", "to_add_out"}
-    assert FAMILIES["sdxl"].estimator == "ddpm" and FAMILIES["sd3"].estimator == "flow"
+    assert FAMILIES["sdxl"].process == "ddpm" and FAMILIES["sd3"].process == "flow"
 
 
 def test_bad_model_folders_are_one_line_errors(tiny_folder, tmp_path):

@@ -3,6 +3,8 @@
 - No framework module imports the ShapesWorld testbed (`mitune_ray.shapes`): it plugs in through
   `mitune_ray.registry`, wired by the CLI.
 - A stage (`mitune_ray.stages.*`) imports neither the driver nor another stage.
+- No module imports a name another module keeps private (`_name`), and no module of the package
+  is imported under a path that no longer exists.
 """
 
 from __future__ import annotations
@@ -66,5 +68,28 @@ def test_stages_import_neither_the_driver_nor_each_other():
                     offenders.append(f"{name} imports the driver")
                 if t.startswith("mitune_ray.stages.") and t.split(".")[2] != name.split(".")[2]:
                     offenders.append(f"{name} imports {t}")
+    assert not offenders, offenders
+
+
+
+def test_no_private_name_is_imported_from_another_module():
+    known = modules()
+    offenders = []
+    for name, path in known.items():
+        for module, names in imports(path, name):
+            if not module.startswith("mitune_ray"):
+                continue
+            if module not in known and not any(f"{module}.{n}" in known for n in names):
+                offenders.append(f"{name} imports {module}, which does not exist")
+            same_package = module.rsplit(".", 1)[0] == name.rsplit(".", 1)[0]
+            for n in names:
+                if n.startswith("_") and not n.startswith("__"):
+                    # A package's private module (metrics._weights) serves that package alone.
+                    if f"{module}.{n}" in known and same_package or module == name.rsplit(".", 1)[0]:
+                        continue
+                    offenders.append(f"{name} imports {n} from {module}")
+            if any(part.startswith("_") and not part.startswith("__")
+                   for part in module.split(".")) and not same_package:
+                offenders.append(f"{name} imports the private module {module}")
     assert not offenders, offenders
 

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from mitune_ray.config import RaySection
-from mitune_ray.ray_worker import _CLEANER_LOGGER
+from mitune_ray.ray_worker import CLEANER_LOGGER
 from mitune_ray.runtime import ensure_ray
 
 
@@ -31,7 +31,7 @@ def test_workers_of_a_local_cluster_name_their_own_cluster(local_ray):
     def probe():
         import os
 
-        return os.environ.get("RAY_ADDRESS"), logging.getLogger(_CLEANER_LOGGER).level
+        return os.environ.get("RAY_ADDRESS"), logging.getLogger(CLEANER_LOGGER).level
 
     address, level = ray.get(probe.remote())
     assert address == ray.get_runtime_context().gcs_address

@@ -7,7 +7,6 @@ Only safetensors are read; a folder holding only a pickle (`pytorch_model.bin`) 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from mitune_ray.errors import MituneError
@@ -44,14 +43,6 @@ def require_model_folder(folder: str | Path, *, metric: str, how: str) -> Path:
             )
         raise MituneError(f"{metric} weights folder {path} has no model.safetensors: {how}")
     return path
-
-
-def decode_png(data: bytes):
-    """An RGB `PIL.Image` from encoded image bytes (PNG, or any format PIL reads)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
 
 
 def resolve_device(device: str) -> str:

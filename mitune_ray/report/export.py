@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mitune_ray import layout
+from mitune_ray.adapters import ADAPTER_FILE, check_adapter
 from mitune_ray.errors import MituneError
-from mitune_ray.layout import MANIFEST
-from mitune_ray.storage import Store
-
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+from mitune_ray.families import FAMILIES
+from mitune_ray.manifest import read_run
 
 
 def export_round(run_uri: str, round_index: int, dest: str) -> Path:
@@ -18,13 +17,7 @@ def export_round(run_uri: str, round_index: int, dest: str) -> Path:
     Example:
         >>> export_round("s3://bucket/runs/sd21", 3, "./adapter")  # doctest: +SKIP
     """
-    from mitune_ray.adapters import check_adapter
-    from mitune_ray.families import FAMILIES
-
-    store = Store(run_uri)
-    if not store.exists(MANIFEST):
-        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
-    manifest = store.read_json(MANIFEST)
+    store, manifest = read_run(run_uri)
     entry = manifest.get("stages", {}).get(layout.train_stage(round_index))
     if not entry or entry.get("status") != "committed":
         trained = sorted(n.split("/")[0] for n in manifest.get("stages", {})

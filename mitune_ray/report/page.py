@@ -23,10 +23,9 @@ from collections import defaultdict
 import pyarrow.parquet as pq
 
 from mitune_ray import layout
-from mitune_ray.errors import MituneError
 from mitune_ray.layout import BASE_VERSION as BASE
-from mitune_ray.layout import MANIFEST, version_label
-from mitune_ray.manifest import LEASE_TTL_S
+from mitune_ray.layout import version_label
+from mitune_ray.manifest import LEASE_TTL_S, read_run
 from mitune_ray.report.markup import (
     Html, esc, fmt, missing, page, signed, svg_histogram, svg_lines, table,
 )
@@ -47,10 +46,7 @@ def write_report(run_uri: str, out: str | None = None) -> str:
         >>> write_report("s3://bucket/runs/demo", "/tmp/demo-report")
         '/tmp/demo-report/index.html'
     """
-    run = Store(run_uri)
-    if not run.exists(MANIFEST):
-        raise MituneError(f"no run at {run_uri} (no {MANIFEST}); check the URI")
-    manifest = run.read_json(MANIFEST)
+    run, manifest = read_run(run_uri)
     dest = Store(out) if out else run.child(layout.REPORT)
     p = _Page(run, manifest, dest)
     body = "".join(section() for section in (

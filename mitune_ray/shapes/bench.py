@@ -183,7 +183,7 @@ def agreement(model_path: str, scale: Scale, log=print) -> dict:
     return out
 
 
-def _arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool):
+def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool):
     actors = 1 if quick else 2
     return load_config(None, [
         f"run.uri={root}/{arm}", f"run.rounds={scale.rounds}", "run.evaluate=true",
@@ -280,11 +280,11 @@ def paired_gain(base: dict[str, float], tuned: dict[str, float], *, n_boot: int 
         >>> g["gain"]
         0.5
     """
+    from mitune_ray.metrics.agreement import bootstrap_mean_interval
+
     keys = sorted(set(base) & set(tuned))
     diff = np.array([tuned[k] - base[k] for k in keys])
-    rng = np.random.default_rng(seed)
-    boots = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1) if len(diff) else []
-    low, high = (np.percentile(boots, [2.5, 97.5]).tolist() if len(diff) else [np.nan, np.nan])
+    low, high = bootstrap_mean_interval(diff, n_boot=n_boot, seed=seed)  # paired: per prompt
     return {"gain": float(diff.mean()) if len(diff) else float("nan"), "ci": [low, high],
             "base_rate": float(np.mean([base[k] for k in keys])) if keys else float("nan"),
             "tuned_rate": float(np.mean([tuned[k] for k in keys])) if keys else float("nan"),
@@ -304,7 +304,7 @@ def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print
     out = {}
     for arm in arms:
         start = time.perf_counter()
-        cfg = _arm_config(root, arm, model_path, scale, quick)
+        cfg = arm_config(root, arm, model_path, scale, quick)
         run(cfg, log=lambda m: None)
         if control:
             evaluate_run(cfg.run.uri, guidance=control, log=lambda m: None)

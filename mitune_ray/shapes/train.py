@@ -127,18 +127,18 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def _lr_factor(progress: float, step: int, warmup: int) -> float:
+def lr_factor(progress: float, step: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10% at the end of the (step or time) budget."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _tilt(final: float | None, progress: float, anneal: float) -> float | None:
+def tilt(final: float | None, progress: float, anneal: float) -> float | None:
     """A prompt tilt at `progress` of the budget: 1.0 falling linearly to `final` by `anneal`.
 
     Example:
-        >>> [_tilt(0.5, p, 0.5) for p in (0.0, 0.25, 0.5, 0.9)]
+        >>> [tilt(0.5, p, 0.5) for p in (0.0, 0.25, 0.5, 0.9)]
         [1.0, 0.75, 0.5, 0.5]
     """
     if final is None or anneal <= 0.0:
@@ -156,7 +156,7 @@ def train_vae(vae, images: np.ndarray, s: TrainSettings, *, seconds: float, seed
     while step < s.vae_steps and time.monotonic() - start < seconds:
         progress = max(step / s.vae_steps, (time.monotonic() - start) / seconds)
         for group in opt.param_groups:
-            group["lr"] = s.vae_lr * _lr_factor(progress, step, 50)
+            group["lr"] = s.vae_lr * lr_factor(progress, step, 50)
         idx = torch.randint(len(images), (s.vae_batch,), generator=gen).numpy()
         # Crops on the latent grid (multiples of 8 px), so they look like parts of whole images.
         oy, ox = (arch.VAE_FACTOR * torch.randint(
@@ -228,9 +228,9 @@ def train_denoiser(unet, text_encoder, latents: torch.Tensor, scenes: list[Scene
     while step < s.unet_steps and time.monotonic() - start < seconds:
         progress = max(step / s.unet_steps, (time.monotonic() - start) / seconds)
         for group in opt.param_groups:
-            group["lr"] = s.unet_lr * _lr_factor(progress, step, s.warmup_steps)
+            group["lr"] = s.unet_lr * lr_factor(progress, step, s.warmup_steps)
         idx = torch.randint(len(latents), (s.unet_batch,), generator=gen)
-        p_direct, p_canonical = (_tilt(p, progress, s.tilt_anneal)
+        p_direct, p_canonical = (tilt(p, progress, s.tilt_anneal)
                                  for p in (s.p_direct, s.p_canonical))
         prompts = ["" if rng.random() < s.p_uncond
                    else describe(scenes[i], rng, p_direct=p_direct, p_canonical=p_canonical)

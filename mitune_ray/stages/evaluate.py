@@ -122,10 +122,9 @@ def metric_columns(table: pa.Table, ev: EvalSection, *,
     if specs:
         import ray
 
-        from mitune_ray.runtime import cluster_has_gpus
+        from mitune_ray.runtime import gpus_per_actor
 
-        gpus = ev.gpus_per_actor if ev.gpus_per_actor is not None else (
-            1.0 if cluster_has_gpus() else 0.0)
+        gpus = gpus_per_actor(ev.gpus_per_actor)
         rows = table.select(["png", "prompt"]).append_column(
             "row", pa.array(range(table.num_rows), pa.int64()))
         ds = ray.data.from_arrow(rows).repartition(max(1, 2 * ev.actors))
@@ -234,7 +233,7 @@ class ScorerUDF:
     """Ray Data callable class: loads the scorers once per actor, scores each batch."""
 
     def __init__(self, specs: Sequence[ScorerSpec], image_column: str, prompt_column: str):
-        from mitune_ray.metrics._weights import decode_png
+        from mitune_ray.imaging import decode_png
 
         self._decode = decode_png
         self.specs = list(specs)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mitune_ray import faults, layout, registry
+from mitune_ray import faults, layout, registry, runtime
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.faults import maybe_fail
@@ -170,9 +170,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     """
     import ray
 
-    from mitune_ray.runtime import cluster_has_gpus, ensure_ray
-
-    ensure_ray()
+    runtime.ensure_ray()
     if not shards:
         raise MituneError(f"no prompt shards under {prompts.uri}; prepare the corpus first")
     scorer = None if gen.select_by in BUILTIN_SELECTORS else registry.entry(
@@ -186,10 +184,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
                                     read_pool_check(out))
         log(summary.line())
         return summary
-    if gpus_per_actor is None:
-        gpus_per_actor = gen.gpus_per_actor
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if cluster_has_gpus() else 0.0
+    gpus_per_actor = runtime.gpus_per_actor(
+        gen.gpus_per_actor if gpus_per_actor is None else gpus_per_actor)
     ds = ray.data.read_parquet([prompts.path(s) for s in shards], filesystem=prompts.filesystem,
                                columns=["prompt_id", "prompt", "split"])
     ds = ds.map_batches(_keep_todo, fn_kwargs={"split": split, "done": done | exclude},

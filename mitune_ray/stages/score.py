@@ -128,7 +128,7 @@ def score_images(cfg: Config, images: str, out: str, *, log=print) -> ScoreSumma
     import pyarrow.parquet as pq
 
     from mitune_ray.records import to_parquet_bytes
-    from mitune_ray.runtime import cluster_has_gpus, ensure_ray
+    from mitune_ray.runtime import ensure_ray, gpus_per_actor
 
     if os.path.isdir(images) and os.path.isfile(os.path.join(images, "metadata.jsonl")):
         items = _folder_items(images)  # validated before Ray starts
@@ -152,9 +152,7 @@ def score_images(cfg: Config, images: str, out: str, *, log=print) -> ScoreSumma
                                    include_paths=name is None)
         ds = ds.map_batches(_parquet_rows, fn_kwargs={"image": column, "source": name or "path"},
                             batch_format="pyarrow")
-    gpus = cfg.generate.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if cluster_has_gpus() else 0.0
+    gpus = gpus_per_actor(cfg.generate.gpus_per_actor)
     model = ModelSpec(cfg.model.path, cfg.model.family, cfg.model.dtype, cfg.model.resolution,
                       endpoint_url=cfg.storage.endpoint_url)
     ds = ds.repartition(max(1, 2 * cfg.generate.actors)).map_batches(

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from mitune_ray import layout
 from mitune_ray.adapters import ADAPTER_FILE, check_adapter, meta_denoiser
 from mitune_ray.config import Config
-from mitune_ray.errors import MituneError
+from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.families import resolve_family
 from mitune_ray.models import resolve_model_path
 from mitune_ray.sampling import Prompt
@@ -264,35 +263,11 @@ def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> d
     try:
         result = trainer.fit()
     except TrainingFailedError as exc:
-        user_error = _find_user_error(exc)
+        user_error = user_error_in(exc)
         if user_error is not None:
-            raise MituneError(user_error) from None
+            raise user_error from None
         raise
     return result.return_value
-
-
-_REMOTE_USER_ERROR = re.compile(r"mitune_ray\.errors\.MituneError: (.+)")
-
-
-def _find_user_error(exc: BaseException) -> str | None:
-    """The one-line message of a MituneError raised on a worker, if that is what failed.
-
-    Worker and Ray Data task errors reach the driver wrapped, some only as traceback text, so
-    the message is looked for in the text of every exception of the chain."""
-    seen, todo = set(), [exc]
-    while todo:
-        err = todo.pop(0)
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if type(err) is MituneError:
-            return str(err)
-        found = _REMOTE_USER_ERROR.search(str(err))
-        if found:
-            return found.group(1).strip()
-        todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
-        todo += list((getattr(err, "worker_failures", None) or {}).values())
-    return None
 
 
 def _finish(out: Store, summary: dict, log) -> TrainResult:

@@ -79,7 +79,7 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _skip_cpu_shm_comm() -> None:
+def skip_cpu_shm_comm() -> None:
     """On the CPU accelerator DeepSpeed JIT-compiles a shared-memory allreduce
     (`deepspeed_shm_comm`) at its first initialisation: minutes of C++ on a small machine, and
     a worker killed while compiling (a lost node, a killed driver) leaves the build's lock file
@@ -101,7 +101,7 @@ def build_engine(net: torch.nn.Module, config: dict):
     from mitune_ray.training.checkpoint import SafetensorsCheckpointEngine
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    _skip_cpu_shm_comm()
+    skip_cpu_shm_comm()
     params = [p for p in net.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=net, model_parameters=params, config=config)
     engine.checkpoint_engine = SafetensorsCheckpointEngine()

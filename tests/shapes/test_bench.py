@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.shapes.bench import Scale, _arm_config, paired_gain, scale_changes
+from mitune_ray.shapes.bench import Scale, arm_config, paired_gain, scale_changes
 from tests.runs import dump, run_cli
 
 
@@ -75,19 +75,19 @@ def test_paired_gain_bootstraps_over_prompts():
 
 
 def test_arms_use_the_chosen_mi_estimator(tmp_path):
-    paper = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(mi="paper"), quick=False)
-    standard = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
+    paper = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(mi="paper"), quick=False)
+    standard = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
     assert (paper.mi.estimator, paper.mi.form) == ("trajectory", "orthogonal")
     assert (standard.mi.estimator, standard.mi.form, standard.mi.renoise_draws) == (
         "renoise", "standard", 16)
     assert standard.generate.select_by == "mi" and standard.run.uri.endswith("/mi")
 
 
-def test_scale_changes_reach_the_arm_config(tmp_path):
+def test_scale_changes_reach_thearm_config(tmp_path):
     scale = Scale(**(asdict(Scale()) | scale_changes(
         ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "loss_weight_cap=100",
          "min_timestep=500", "chaining=continue", "accumulate=true"])))
-    cfg = _arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
+    cfg = arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
     assert cfg.prompts.train == ["shapes:tune:96"]
     assert (cfg.generate.keep, cfg.train.lr, cfg.train.steps) == (3, 5e-4, Scale().train_steps)
     assert cfg.generate.guidance == 3.0  # evaluation generates with the same section
@@ -95,7 +95,7 @@ def test_scale_changes_reach_the_arm_config(tmp_path):
     assert (cfg.run.chaining, cfg.run.accumulate) == ("continue", True)
     assert scale_changes(["accumulate=False"]) == {"accumulate": False}
     # The defaults: the recipe that moved the oracle and MI-TUNE on the shipped model.
-    default = _arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
+    default = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
     assert (default.run.chaining, default.run.accumulate) == ("fresh", True)
     assert (default.train.loss_weight_cap, default.train.min_timestep) == (100.0, 700)
     assert (default.train.steps, default.train.lr, default.generate.guidance) == (600, 2e-4, 7.5)

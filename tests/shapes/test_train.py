@@ -11,7 +11,7 @@ import torch
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes import model as arch
-from mitune_ray.shapes.train import TrainSettings, _lr_factor, _tilt, train_shapes_model
+from mitune_ray.shapes.train import TrainSettings, lr_factor, tilt, train_shapes_model
 from mitune_ray.tokenizer import clip_tokenizer
 
 
@@ -104,9 +104,9 @@ def test_the_default_recipe_is_the_shipped_models_curriculum():
 
 
 def test_tilt_schedule():
-    assert _tilt(None, 0.0, 0.5) is None  # prompts as the world writes them
-    assert _tilt(0.85, 0.3, 0.0) == 0.85  # no anneal: the tilt holds from the start
-    assert [_tilt(0.5, p, 0.7) for p in (0.0, 0.35, 0.7, 1.0)] == pytest.approx(
+    assert tilt(None, 0.0, 0.5) is None  # prompts as the world writes them
+    assert tilt(0.85, 0.3, 0.0) == 0.85  # no anneal: the tilt holds from the start
+    assert [tilt(0.5, p, 0.7) for p in (0.0, 0.35, 0.7, 1.0)] == pytest.approx(
         [1.0, 0.75, 0.5, 0.5])
 
 
@@ -119,10 +119,10 @@ def test_architecture_sizes_fit_the_budget():
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
-    assert _lr_factor(0.0, 0, 10) == pytest.approx(0.1)
-    assert _lr_factor(0.0, 10, 10) == pytest.approx(1.0)
-    assert _lr_factor(1.0, 5000, 10) == pytest.approx(0.1)
-    assert _lr_factor(2.0, 5000, 10) == pytest.approx(0.1)  # past a time cap: stays at the floor
+    assert lr_factor(0.0, 0, 10) == pytest.approx(0.1)
+    assert lr_factor(0.0, 10, 10) == pytest.approx(1.0)
+    assert lr_factor(1.0, 5000, 10) == pytest.approx(0.1)
+    assert lr_factor(2.0, 5000, 10) == pytest.approx(0.1)  # past a time cap: stays at the floor
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

@@ -33,7 +33,7 @@ def _png(image) -> bytes:
 def test_stage_scores_equal_the_single_process_scores(
     ray_cluster, blip_folder, clip_folder, images
 ):
-    from mitune_ray.metrics._weights import decode_png
+    from mitune_ray.imaging import decode_png
 
     rows = [
         {"id": i, "png": _png(images[i % len(images)]), "prompt": PROMPTS[i % len(PROMPTS)]}

@@ -490,7 +490,7 @@ def test_cpu_training_never_jit_compiles_deepspeeds_shm_allreduce():
     # every later training: on the CPU accelerator the op is marked incompatible instead.
     from deepspeed.comm.torch import build_shm_op
 
-    from mitune_ray.training.engine import _skip_cpu_shm_comm
+    from mitune_ray.training.engine import skip_cpu_shm_comm
 
-    _skip_cpu_shm_comm()
+    skip_cpu_shm_comm()
     assert build_shm_op() is None
