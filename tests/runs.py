@@ -37,6 +37,8 @@ def tiny_run_config(tmp: Path, uri: str, *, rounds: int = 2, **sections) -> Path
                   "cpus_per_worker": 0.5, "checkpoint_every": 1, "validation_prompts": 1,
                   "validation_candidates": 1},
         "eval": {"candidates": 1},
+        # Four shared re-noising draws, not the default 32: these runs test the loop, not the MI.
+        "mi": {"renoise_draws": 4},
         "ray": {"num_cpus": 4},
     }
     for name, values in sections.items():

@@ -12,7 +12,7 @@ import torch
 from mitune_ray.bench import main
 from mitune_ray.bench.archs import load_arch, tiny_arch
 from mitune_ray.bench.flops import count_flops, forward_flops
-from mitune_ray.bench.generation import (
+from mitune_ray.bench.generate_timing import (
     Workload, make_sampler, reference_style, time_generation,
 )
 from mitune_ray.levers import Levers, optimize
@@ -216,7 +216,7 @@ def test_bad_flags_are_one_line_errors():
 
 
 def test_timed_training_step_reaches_every_dora_parameter_under_checkpointing():
-    from mitune_ray.bench.training import TrainWorkload, adapter_config
+    from mitune_ray.bench.train_timing import TrainWorkload, adapter_config
 
     arch = tiny_arch("sdxl")
     net = arch.build("cpu")

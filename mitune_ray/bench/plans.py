@@ -16,10 +16,10 @@ import torch
 from mitune_ray import registry
 from mitune_ray.bench.archs import REAL_ARCHS, Arch, folder_arch, load_arch, tiny_arch
 from mitune_ray.bench.flops import FlopCount, forward_flops, matmul_peak
-from mitune_ray.bench.generation import Workload, mi_overhead, time_generation
+from mitune_ray.bench.generate_timing import Workload, mi_overhead, time_generation
 from mitune_ray.bench.recorder import Recorder
 from mitune_ray.bench.recorder import count as fmt_count
-from mitune_ray.bench.training import TrainWorkload, time_training
+from mitune_ray.bench.train_timing import TrainWorkload, time_training
 from mitune_ray.levers import Levers
 
 # The project's reference per-image forward TFLOPs (its hardware notes, ENVIRONMENT.md, which is not

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def train_main(argv: list[str]) -> int:
-    from mitune_ray.shapes.train import TrainSettings, train_shapes_model
+    from mitune_ray.shapes.pretrain import TrainSettings, train_shapes_model
 
     parser = argparse.ArgumentParser(prog="mitune shapes train",
                                      description="train the ShapesWorld model from scratch (CPU)")

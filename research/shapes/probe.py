@@ -54,7 +54,7 @@ import torch
 from mitune_ray.mi.discrete import kappa
 from mitune_ray.shapes import model as arch
 from mitune_ray.shapes.prompts import FLIPPED, describe, template_kind
-from mitune_ray.shapes.train import TrainSettings, encode_pool, train_denoiser
+from mitune_ray.shapes.pretrain import TrainSettings, encode_pool, train_denoiser
 from mitune_ray.shapes.world import COLOURS, SIZES, Obj, Scene, random_scene, render
 
 TURNED = {"left": "above", "right": "below", "above": "left", "below": "right"}  # other axis

@@ -76,7 +76,7 @@ def test_a_denoiser_that_ignores_the_prompt_pays_nothing_for_any_edit(shipped):
 
 def test_learnability_trains_the_architecture_on_the_relation_world_and_probes_it():
     from mitune_ray.shapes import model as arch
-    from mitune_ray.shapes.train import TrainSettings
+    from mitune_ray.shapes.pretrain import TrainSettings
 
     settings = TrainSettings(unet_steps=5, unet_batch=8, warmup_steps=1, unet_size=arch.TEST)
     out = learnability(1.0, settings=settings, n_scenes=32, log=lambda line: None)

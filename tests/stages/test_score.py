@@ -43,9 +43,12 @@ def test_scores_an_image_folder_with_shared_draws_per_prompt(ray_cluster, tmp_pa
     assert by_source["c.png"]["prompt_id"] == prompt_id("a blue ball")
     for row in table:
         assert np.isfinite(row["mi"]) and row["mi_stderr"] > 0
-    # The same image and prompt get the same draws wherever it lands: identical scores.
-    assert by_source["a.png"]["mi"] == pytest.approx(by_source["d.png"]["mi"], rel=1e-5)
-    assert by_source["a.png"]["mi"] != pytest.approx(by_source["b.png"]["mi"], rel=1e-5)
+    # The same image and prompt get the same draws wherever it lands: the same score, up to
+    # float32 differences between batch shapes (the standard form subtracts two squared errors, so
+    # compare with the estimate's own standard error, not relative to the difference).
+    a, b, d = by_source["a.png"], by_source["b.png"], by_source["d.png"]
+    assert abs(a["mi"] - d["mi"]) < 1e-3 * a["mi_stderr"]
+    assert abs(a["mi"] - b["mi"]) > 1e-2 * a["mi_stderr"]
 
 
 def test_scores_a_parquet_of_images_and_prompts(ray_cluster, tmp_path):

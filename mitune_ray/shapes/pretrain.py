@@ -1,8 +1,8 @@
 """Train the ShapesWorld text-to-image model from scratch on CPU, and save it as a diffusers folder.
 
-    python -c "from mitune_ray.shapes.train import train_shapes_model as t; t('/tmp/shapes')"
+    python -c "from mitune_ray.shapes.pretrain import train_shapes_model as t; t('/tmp/shapes')"
     # a smoke run in under a minute:
-    python -c "from mitune_ray.shapes.train import *; train_shapes_model('/tmp/s', minutes=0.5,
+    python -c "from mitune_ray.shapes.pretrain import *; train_shapes_model('/tmp/s', minutes=0.5,
         settings=TrainSettings.smoke())"
 
 Recipe: render a pool of training scenes; train the autoencoder on it, freeze it and set its

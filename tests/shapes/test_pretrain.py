@@ -11,7 +11,7 @@ import torch
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes import model as arch
-from mitune_ray.shapes.train import TrainSettings, lr_factor, tilt, train_shapes_model
+from mitune_ray.shapes.pretrain import TrainSettings, lr_factor, tilt, train_shapes_model
 from mitune_ray.tokenizer import clip_tokenizer
 
 
@@ -53,7 +53,7 @@ def test_smoke_training_writes_a_loadable_diffusers_folder(tmp_path):
 
 
 def test_prompt_tilts_reach_every_training_prompt(tmp_path, monkeypatch):
-    import mitune_ray.shapes.train as train_module
+    import mitune_ray.shapes.pretrain as train_module
     from mitune_ray.shapes.prompts import describe, parse_prompt, template_kind
 
     prompts: list[str] = []
@@ -74,7 +74,7 @@ def test_prompt_tilts_reach_every_training_prompt(tmp_path, monkeypatch):
 
 
 def test_tilt_anneal_starts_without_parity_and_falls_to_the_final_tilts(tmp_path, monkeypatch):
-    import mitune_ray.shapes.train as train_module
+    import mitune_ray.shapes.pretrain as train_module
 
     from mitune_ray.shapes.prompts import describe
 
