@@ -130,7 +130,7 @@ def load_pipeline(folder: str | Path, *, family: str = "auto", dtype: torch.dtyp
 
     Example:
         >>> pipe, fam = load_pipeline("/models/sd21-base")  # doctest: +SKIP
-        >>> fam.name
+        >>> fam.name  # doctest: +SKIP
         'sd'
     """
     import diffusers

@@ -77,7 +77,7 @@ class CandidateSampler:
     Example:
         >>> sampler = CandidateSampler(pipe, fam, GenerateSection(candidates=4, steps=10),
         ...                            MISection(), device="cpu")  # doctest: +SKIP
-        >>> [r.selected[0].mi for r in sampler.generate([Prompt("id1", "a red cube")], 1)]
+        >>> [r.selected[0].mi for r in sampler.generate([Prompt("id1", "a red cube")], 1)]  # doctest: +SKIP
     """
 
     def __init__(self, pipe, fam: Family, gen: GenerateSection, mi: MISection, *, device,

@@ -43,7 +43,7 @@ def write_report(run_uri: str, out: str | None = None) -> str:
         out: where to write the report (default `<run_uri>/report`), local or s3://.
 
     Example:
-        >>> write_report("s3://bucket/runs/demo", "/tmp/demo-report")
+        >>> write_report("s3://bucket/runs/demo", "/tmp/demo-report")  # doctest: +SKIP
         '/tmp/demo-report/index.html'
     """
     run, manifest = read_run(run_uri)

@@ -107,7 +107,7 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
     Example:
         >>> res = train_adapter(cfg, model_path="tiny:sd", selected=shards, out=Store("/r/1"),
         ...                     run_name="round-1-train")  # doctest: +SKIP
-        >>> res.adapter, res.steps
+        >>> res.adapter, res.steps  # doctest: +SKIP
         ('adapter/pytorch_lora_weights.safetensors', 300)
     """
     train = cfg.train

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from mitune_ray.config import load_config
-from tests.test_jobs import CREDENTIAL_ENV, SECRET_LOOKING, submit_command
+from tests.unit.test_jobs import CREDENTIAL_ENV, SECRET_LOOKING, submit_command
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 CRD_DIR = CLUSTER / "crds"  # KubeRay's CRDs, verbatim (cluster/crds/README.md)
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",

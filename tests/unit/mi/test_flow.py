@@ -7,7 +7,7 @@ from mitune_ray.mi import (
     TrajectoryMI, draw_levels, flow_levels, flow_trajectory_weights, renoise_mi, velocity_term,
 )
 from mitune_ray.testing.gaussian import DT, GaussianWorld, euler_sample
-from tests.mi.test_discrete import assert_unbiased
+from tests.unit.mi.test_discrete import assert_unbiased
 
 
 def shifted_sigmas(n: int, shift: float = 3.0) -> list[float]:

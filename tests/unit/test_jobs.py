@@ -18,7 +18,7 @@ import pytest
 from mitune_ray.config import load_config
 from mitune_ray.prompts import BUNDLED_PREFIX, BUNDLED_PROMPTS, bundled_prompt_names, resolve_bundled
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 JOB_FILES = sorted(JOBS.glob("*.yaml"))
 

@@ -160,7 +160,7 @@ def test_a_node_leaving_mid_training_restores_from_the_checkpoint_and_finishes(
     from mitune_ray.config import load_config
     from mitune_ray.stages.train import train_adapter
     from mitune_ray.training.loop import FAULT_SETTLE_S
-    from tests.stages.test_train import selected_rows, write_shards
+    from tests.integration.stages.test_train import selected_rows, write_shards
 
     cluster, workers = multinode
     out = Store(str(tmp_path / "round-001"))

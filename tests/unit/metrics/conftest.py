@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # The T2I-CompBench lists shipped in the package: always present, so these tests never skip.
-COMPBENCH = Path(__file__).resolve().parents[2] / "mitune_ray" / "assets" / "prompts" / "t2i-compbench"
+COMPBENCH = Path(__file__).resolve().parents[3] / "mitune_ray" / "assets" / "prompts" / "t2i-compbench"
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -27,7 +27,7 @@ from mitune_ray.training.checkpoint import (
 )
 from mitune_ray.training.engine import Schedule, deepspeed_config, resolve_schedule
 from mitune_ray.stages.train import TEST_HOOKS_ENV, TrainResult, train_adapter
-from tests.test_adapters import trained_adapter
+from tests.unit.test_adapters import trained_adapter
 
 VALIDATION = [Prompt("val-1", "a red ball"), Prompt("val-2", "a blue cone")]
 SMALL = {"rank": 4, "batch_size": 2, "grad_accum": 1, "steps": 4, "checkpoint_every": 2,

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mitune_ray"
+PACKAGE = Path(__file__).resolve().parents[2] / "mitune_ray"
 
 
 def test_nothing_is_unpickled_from_storage():

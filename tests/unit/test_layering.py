@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mitune_ray"
+PACKAGE = Path(__file__).resolve().parents[2] / "mitune_ray"
 # May import the testbed: the composition root, and the testbed itself.
 SHAPES_ALLOWED = {"mitune_ray.cli"}
 

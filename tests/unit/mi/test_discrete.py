@@ -124,7 +124,7 @@ def assert_unbiased(groups: list[torch.Tensor], truth: float, form: str) -> None
 def test_standard_form_tracks_each_pair_and_says_when_a_prompt_does_not_fit():
     # The paper's ||eps_c - eps_u||^2 is never negative; the standard form, re-noising with the
     # draw's own noise, tracks log p(x|y) - log p(x) pair by pair, mismatched pairs included.
-    # (How the two rank a prompt's candidates: tests/mi/test_pointwise.py.)
+    # (How the two rank a prompt's candidates: tests/unit/mi/test_pointwise.py.)
     world, abar = GaussianWorld(), sd_alphas_cumprod()
     g = torch.Generator().manual_seed(5)
     x, y = world.sample(40, g)

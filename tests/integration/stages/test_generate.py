@@ -14,7 +14,7 @@ from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store
 
 # Real DiffusionDB prompts (ImageReward's ReFL list), shipped in the package.
-DIFFUSIONDB = (Path(__file__).resolve().parents[2] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
+DIFFUSIONDB = (Path(__file__).resolve().parents[3] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
                / "imagereward_refl_prompts.txt")
 
 
