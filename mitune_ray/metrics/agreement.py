@@ -5,13 +5,14 @@ metric (HPS, BLIP-VQA) does? So tau is computed within each prompt (scipy's tau-
 ties) and averaged over prompts; the paper reports 0.68 with HPS and 0.40 with BLIP-VQA. A prompt
 whose MI or metric is constant over its candidates has no ranking (tau undefined): it is skipped
 and counted. The 95% interval is a percentile bootstrap over prompts (seeded), since prompts,
-not candidates, are the independent units.
+not candidates, are the independent units. Where prompts are nested in replicates (runs with their
+own seeds), `bootstrap_two_level_interval` resamples replicates, then prompts within each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -87,6 +88,69 @@ def bootstrap_mean_interval(
     means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_two_level_interval(
+    groups: Sequence[Sequence],
+    *,
+    statistic: Callable[[np.ndarray], float] | None = None,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic of a mean over replicates of prompts.
+
+    `groups` holds one array per replicate with one row per prompt: a value (e.g. a paired
+    per-prompt difference) or a vector of paired values (e.g. several arms' per-prompt rates,
+    kept together so that contrasts stay paired). The estimate is `statistic` of the mean over
+    replicates of each replicate's mean row (every replicate weighs the same); without a
+    statistic, that mean itself (scalar rows). Each bootstrap draw resamples the replicates
+    with replacement, then the prompts of every drawn replicate with replacement (a replicate
+    drawn twice is resampled twice, independently). Draws whose statistic is not finite (a
+    ratio with no room left) are dropped; with fewer than half of them finite, (nan, nan).
+
+    Where replicates differ, the interval widens with their spread, which a bootstrap over the
+    pooled prompts ignores. Where they do not, it is conservative: its variance is about
+    (between-replicate + 2 x within-replicate / prompts) / replicates, so up to sqrt(2) wider
+    than the one-level interval.
+
+    Example:
+        >>> bootstrap_two_level_interval([[0.5, 0.5], [0.5, 0.5, 0.5]])
+        (0.5, 0.5)
+    """
+    if not 0 < level < 1:
+        raise MituneError(f"bootstrap level {level} is not in (0, 1): pass e.g. 0.95")
+    data = [np.asarray(g, dtype=float) for g in groups]
+    if not data:
+        return float("nan"), float("nan")
+    for i, g in enumerate(data):
+        if len(g) == 0:
+            raise MituneError(f"two-level bootstrap: replicate {i} has no rows; pass only "
+                              "replicates with at least one prompt")
+        if g.shape[1:] != data[0].shape[1:]:
+            raise MituneError(f"two-level bootstrap: replicate {i} has rows of shape {g.shape[1:]}, "
+                              f"replicate 0 {data[0].shape[1:]}; pass the same paired values "
+                              "for every prompt")
+    if statistic is None and data[0].ndim > 1:
+        raise MituneError(f"two-level bootstrap: rows of {data[0].shape[1]} paired values need a "
+                          "statistic that makes one number of them (e.g. a contrast)")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(data), size=(n_boot, len(data)))
+    total = np.zeros((n_boot, *data[0].shape[1:]))
+    for slot in range(len(data)):
+        for g, rows in enumerate(data):
+            drawn = picks[:, slot] == g
+            count = int(drawn.sum())
+            if count:
+                total[drawn] += rows[rng.integers(0, len(rows), size=(count, len(rows)))].mean(axis=1)
+    means = total / len(data)
+    values = means if statistic is None else np.array([statistic(m) for m in means], dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < n_boot / 2:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
     return float(low), float(high)
 
 

@@ -8,6 +8,7 @@ import pytest
 from mitune_ray.errors import MituneError
 from mitune_ray.metrics.agreement import (
     bootstrap_mean_interval,
+    bootstrap_two_level_interval,
     kendall_agreement,
     kendall_within_prompts,
 )
@@ -68,3 +69,58 @@ def test_bad_inputs_are_one_line_errors():
         kendall_agreement([1, float("nan")], [1, 2], [0, 0])
     with pytest.raises(MituneError, match="level"):
         bootstrap_mean_interval([1.0, 2.0], level=95)
+
+
+def test_two_level_interval_widens_where_replicates_differ():
+    # 8 replicates whose means are spread over -1..+1 (a known spread), 100 prompts each with
+    # little noise: the replicates, not the prompts, decide how sure the mean is.
+    rng = np.random.default_rng(0)
+    offsets = np.linspace(-1.0, 1.0, 8)
+    groups = [offset + rng.normal(0.0, 0.1, size=100) for offset in offsets]
+    two = bootstrap_two_level_interval(groups, seed=1)
+    one = bootstrap_mean_interval(np.concatenate(groups), seed=1)
+    assert two == bootstrap_two_level_interval(groups, seed=1)  # seeded
+    assert two[0] < 0.0 < two[1]  # the true mean of the offsets
+    assert (two[1] - two[0]) > 5 * (one[1] - one[0])
+    # About +-1.96 standard errors of a mean of 8 replicate means (the bootstrap's ddof=0).
+    half_width = 1.96 * offsets.std() / np.sqrt(len(offsets))
+    assert (two[1] - two[0]) / 2 == pytest.approx(half_width, rel=0.2)
+
+
+def test_two_level_interval_without_replicate_spread_is_at_most_sqrt2_wider():
+    rng = np.random.default_rng(2)
+    groups = [rng.normal(0.3, 1.0, size=200) for _ in range(6)]
+    two = bootstrap_two_level_interval(groups, n_boot=4000, seed=0)
+    one = bootstrap_mean_interval(np.concatenate(groups), n_boot=4000, seed=0)
+    ratio = (two[1] - two[0]) / (one[1] - one[0])
+    assert 1.0 < ratio < 1.6  # resampling both levels counts the prompts' noise about twice
+    assert two[0] < 0.3 < two[1]
+
+
+def test_two_level_interval_of_a_ratio_of_paired_columns():
+    # Rows (mi, random, oracle): MI is halfway between random and the oracle in every replicate.
+    rng = np.random.default_rng(3)
+    groups = []
+    for shift in (0.0, 0.1, -0.1):
+        rand = rng.uniform(0.2, 0.4, size=50) + shift
+        groups.append(np.column_stack([rand + 0.1, rand, rand + 0.2]))
+
+    def efficiency(m):
+        room = m[2] - m[1]
+        return (m[0] - m[1]) / room if room > 0 else float("nan")
+
+    low, high = bootstrap_two_level_interval(groups, statistic=efficiency)
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.5)  # paired: exact every draw
+    # No room to select (oracle = random) in every draw: nan, not an interval of nans.
+    flat = [np.column_stack([g[:, 1], g[:, 1], g[:, 1]]) for g in groups]
+    assert np.isnan(bootstrap_two_level_interval(flat, statistic=efficiency)).all()
+
+
+def test_two_level_interval_bad_input_is_one_line():
+    assert np.isnan(bootstrap_two_level_interval([])).all()
+    for groups, words in [([[1.0], []], "replicate 1 has no rows"),
+                          ([[[1.0, 2.0]], [[1.0]]], "rows of shape"),
+                          ([[[1.0, 2.0]]], "need a statistic")]:
+        with pytest.raises(MituneError, match=words) as err:
+            bootstrap_two_level_interval(groups)
+        assert "\n" not in str(err.value)
