@@ -3,6 +3,8 @@
 - prompt source `shapes:SPLIT:N`: N prompts of a split (train: the base model's training split;
   eval: held out; tune: held out, disjoint from eval), e.g. `prompts.train=[shapes:tune:192]`;
 - selector `checker` (`generate.select_by=checker`): the exact checker, an oracle upper bound;
+- selector `anti` (`generate.select_by=anti`): the checker reversed, an anti-oracle lower
+  bound: keeps the candidates the checker judges least correct;
 - pool metric `shapes` (`generate.pool_metric`, and what `auto` means for `bundled:shapes`): is
   each candidate fully correct;
 - evaluation metric `shapes` (`eval.metrics`): `shapes_correct` and `shapes_fraction` per image.
@@ -13,7 +15,7 @@ from __future__ import annotations
 from mitune_ray.errors import MituneError
 from mitune_ray.imaging import from_png
 from mitune_ray.shapes import prompts as shapes_prompts
-from mitune_ray.shapes.checker import check
+from mitune_ray.shapes.checker import check, checker_scores
 
 PREFIX = "shapes"
 SPLITS = ("train", "eval", "tune")  # the prompt lists of `mitune_ray.shapes.prompts`
@@ -38,3 +40,18 @@ def eval_columns(prompts: list[str], pngs: list[bytes]) -> dict[str, list[float]
     results = [check(p, from_png(b)) for p, b in zip(prompts, pngs)]
     return {"shapes_correct": [float(r.all_correct) for r in results],
             "shapes_fraction": [float(r.fraction) for r in results]}
+
+
+def anti_checker_scores(prompt: str, images) -> list[float]:
+    """Anti-oracle selection scores: the checker's reversed, so the kept candidates are those it
+    judges least correct (fewest facts holding; a fully correct one last). With the oracle
+    (`checker`) it brackets what selection can do to the loop.
+
+    Example:
+        >>> from mitune_ray.shapes.world import Obj, Scene, render
+        >>> right = render(Scene((Obj("red", "circle"),)), seed=0)
+        >>> wrong = render(Scene((Obj("blue", "square"),)), seed=0)
+        >>> anti_checker_scores("a red circle", [right, wrong])
+        [-2.0, 0.0]
+    """
+    return [0.0 - score for score in checker_scores(prompt, images)]
