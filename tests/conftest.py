@@ -69,17 +69,37 @@ def s3_bucket(s3_server, request):
     return name
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray cluster per test module (4 logical CPUs on the 2-core machine, so reads are
-    never starved by actors), stopped afterwards."""
+_SHARED_RAY: dict[str, str] = {}
+
+
+@pytest.fixture
+def ray_cluster(s3_server):
+    """The local Ray cluster the tests share (4 logical CPUs on the 2-core machine, so reads are
+    never starved by actors): started by the first test that asks for it, reused by the next ones.
+    It starts after the S3 server, so its workers find the test credentials in their environment.
+    A test that needs a cluster of its own shuts this one down first (`ray.shutdown()`); the next
+    test that asks for the shared one starts it again."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    address = _SHARED_RAY.get("address")
+    if not (ray.is_initialized() and ray.get_runtime_context().gcs_address == address):
+        if ray.is_initialized():
+            ray.shutdown()
+        context = ray.init(address="local", num_cpus=4, include_dashboard=False,
+                           log_to_driver=False)
+        _SHARED_RAY["address"] = context.address_info["gcs_address"]
+        ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_ray():
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 TINY_WORDS = [  # the tiny BLIP-VQA's vocabulary

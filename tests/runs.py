@@ -12,6 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from mitune_ray.config import MISection
+
+# Four shared re-noising draws, not the default 32: the tests that use it check the loop, not the MI.
+FAST_MI = MISection(renoise_draws=4)
+
 PROMPTS = [
     "a red cube on a wooden table", "a blue ball next to a green box", "two yellow flowers",
     "a purple car under a bridge", "an orange cat on a sofa", "a white horse in a field",
@@ -37,8 +42,7 @@ def tiny_run_config(tmp: Path, uri: str, *, rounds: int = 2, **sections) -> Path
                   "cpus_per_worker": 0.5, "checkpoint_every": 1, "validation_prompts": 1,
                   "validation_candidates": 1},
         "eval": {"candidates": 1},
-        # Four shared re-noising draws, not the default 32: these runs test the loop, not the MI.
-        "mi": {"renoise_draws": 4},
+        "mi": {"renoise_draws": FAST_MI.renoise_draws},
         "ray": {"num_cpus": 4},
     }
     for name, values in sections.items():

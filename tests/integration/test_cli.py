@@ -13,7 +13,7 @@ import pytest
 
 from tests.s3server import SECRET_KEY
 
-TINY = ["model.path=tiny:sd", "run.rounds=1"]
+TINY = ["model.path=tiny:sd", "run.rounds=1", "mi.renoise_draws=4"]  # the loop, not the MI
 
 
 def mitune(*args, cwd, env=None, timeout=300):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.config import GenerateSection
 from mitune_ray.stages.generate import done_prompt_ids, generate_round
 from mitune_ray.models import ModelSpec
 from mitune_ray.records import to_parquet_bytes
@@ -37,7 +37,7 @@ def test_a_generation_actor_killed_mid_stage_is_replaced_and_its_work_redone(
     summary = generate_round(
         model=ModelSpec("tiny:sd"), gen=GenerateSection(candidates=3, keep=1, steps=3, actors=2,
                                                         cpus_per_actor=0.5, prompts_per_batch=2),
-        mi=MISection(), round_index=1, prompts=prompts, shards=prompt_shards(prompts, 12), out=out,
+        mi=FAST_MI, round_index=1, prompts=prompts, shards=prompt_shards(prompts, 12), out=out,
         expected_prompts=12)
     assert (tmp_path / "faults" / "generate.kill_actor-2").exists()  # an actor really died
     ids = selected_ids(out)
@@ -82,7 +82,7 @@ def test_a_node_leaving_mid_generation_loses_nothing(tmp_path, multinode):
         model=ModelSpec("tiny:sd"),
         gen=GenerateSection(candidates=3, keep=1, steps=20, actors=2, cpus_per_actor=1,
                             prompts_per_batch=2),
-        mi=MISection(), round_index=1, prompts=prompts, shards=shards, out=out,
+        mi=FAST_MI, round_index=1, prompts=prompts, shards=shards, out=out,
         expected_prompts=16)
     assert removed.is_set(), "the node was removed while the stage ran"
     ids = selected_ids(out)
@@ -91,7 +91,7 @@ def test_a_node_leaving_mid_generation_loses_nothing(tmp_path, multinode):
 
 # -- the driver ----------------------------------------------------------------------------------
 
-from tests.runs import dump, kill, read_manifest, run_cli, stages, start, tiny_run_config, wait_for  # noqa: E402
+from tests.runs import FAST_MI, dump, kill, read_manifest, run_cli, stages, start, tiny_run_config, wait_for  # noqa: E402
 
 
 def test_a_driver_through_s3_outages_and_sigkills_resumes_without_redoing_work(

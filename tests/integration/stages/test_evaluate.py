@@ -13,17 +13,6 @@ from mitune_ray.stages.evaluate import ScorerSpec, build_scorer, score_dataset
 PROMPTS = ["a green bench and a blue bowl", "a cat on the left of a dog", "a red apple"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():  # another module's cluster: use it, leave it to its owner
-        yield ray
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _png(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

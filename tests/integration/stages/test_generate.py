@@ -6,12 +6,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mitune_ray.config import GenerateSection, MISection, PromptsSection
+from mitune_ray.config import GenerateSection, PromptsSection
 from mitune_ray.stages.generate import done_prompt_ids, generate_round
 from mitune_ray.models import ModelSpec
 from mitune_ray.prompts import prepare_corpus, prompt_id
 from mitune_ray.records import unpack_tensors
 from mitune_ray.storage import Store
+from tests.runs import FAST_MI
 
 # Real DiffusionDB prompts (ImageReward's ReFL list), shipped in the package.
 DIFFUSIONDB = (Path(__file__).resolve().parents[3] / "mitune_ray" / "assets" / "prompts" / "diffusiondb"
@@ -65,7 +66,7 @@ def test_stage_selects_top_mi_per_prompt_over_a_diffusiondb_corpus(ray_cluster, 
     prompts, report = corpus(tmp_path, n=24)
     out = Store(str(tmp_path / "run" / "round-001"))
     summary = generate_round(model=ModelSpec(f"tiny:{family}"), gen=gen_settings(keep=2),
-                             mi=MISection(), round_index=1, prompts=prompts,
+                             mi=FAST_MI, round_index=1, prompts=prompts,
                              shards=list(report.shards), out=out, expected_prompts=report.train)
     table = read_selected(out)
     assert table.num_rows == report.train * 2 == summary.rows
@@ -94,7 +95,7 @@ def test_a_failed_batch_then_a_rerun_gives_every_prompt_exactly_k_times(
     out = Store(str(tmp_path / "run" / "round-001"))
     monkeypatch.setenv("MITUNE_FAULTS", "generate.batch:2")
     monkeypatch.setenv("MITUNE_FAULTS_DIR", str(tmp_path / "faults"))
-    settings = dict(model=ModelSpec("tiny:sd"), gen=gen_settings(), mi=MISection(),
+    settings = dict(model=ModelSpec("tiny:sd"), gen=gen_settings(), mi=FAST_MI,
                     round_index=1, prompts=prompts, shards=list(report.shards), out=out,
                     expected_prompts=report.train)
     with pytest.raises(Exception, match="injected fault"):
