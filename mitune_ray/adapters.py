@@ -164,13 +164,21 @@ def check_adapter(folder: str | Path, fam: Family, *, rank: int | None = None,
                        any("magnitude" in p for p in layers.values()), sizes)
 
 
-def _recorded_alpha(metadata: dict[str, str], prefix: str) -> float | None:
-    # diffusers stores the LoraConfig as JSON with keys prefixed by the component's name.
+def recorded_lora_config(metadata: dict[str, str], prefix: str) -> dict | None:
+    """The `LoraConfig.to_dict()` that `export_adapter` stored in an adapter file's metadata
+    (`read_adapter_header`), for the denoiser `prefix` ("unet" / "transformer"); None if absent."""
+    # diffusers stores it as JSON with keys prefixed by the component's name.
     try:
         config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
     except json.JSONDecodeError:
         return None
-    return config.get(f"{prefix}.lora_alpha")
+    head = f"{prefix}."
+    found = {k[len(head):]: v for k, v in config.items() if k.startswith(head)}
+    return found or None
+
+
+def _recorded_alpha(metadata: dict[str, str], prefix: str) -> float | None:
+    return (recorded_lora_config(metadata, prefix) or {}).get("lora_alpha")
 
 
 def _check_layers(path: Path, fam: Family, sizes: dict[str, tuple[int, int]], model) -> None:

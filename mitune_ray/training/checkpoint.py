@@ -180,6 +180,20 @@ def load_state(path: str) -> Any:
     return unflatten_state(tensors, document["state"])
 
 
+# DeepSpeed copies these into every ZeRO checkpoint folder; they read the states with torch.load,
+# which cannot read this engine's safetensors files, so `commit` removes them once a save is done.
+RECOVERY_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+
+
+def remove_recovery_scripts(folder: str) -> None:
+    """Delete DeepSpeed's recovery scripts from a checkpoint folder just saved (they cannot work
+    on its safetensors states; the adapter is exported in diffusers' format instead)."""
+    for name in RECOVERY_SCRIPTS:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
 class SafetensorsCheckpointEngine(CheckpointEngine):
     """DeepSpeed checkpoint engine that writes safetensors + JSON instead of pickles."""
 
@@ -198,6 +212,10 @@ class SafetensorsCheckpointEngine(CheckpointEngine):
         return load_state(path)
 
     def commit(self, info) -> bool:
+        # Called by save_checkpoint after every file is written (and the scripts copied).
+        save_dir = getattr(info, "save_dir", None)
+        if save_dir:
+            remove_recovery_scripts(save_dir)
         return True
 
     def preserves_storage_sharing(self) -> bool:

@@ -162,6 +162,15 @@ def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ra
     export = subprocess.run([sys.executable, "-m", "mitune_ray.cli", "export", str(run_dir),
                              "--round", "1", str(out)], capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr
+    # The export carries a config peft reads (the model as configured: tiny:sd) and a model card;
+    # DeepSpeed's zero_to_fp32.py, which cannot read safetensors states, is in no run folder.
+    from peft import PeftConfig
+
+    peft_config = PeftConfig.from_pretrained(str(out))
+    assert peft_config.use_dora and peft_config.base_model_name_or_path == "tiny:sd"
+    card = (out / "README.md").read_text()
+    assert "round 1 of 1" in card and "pipe.load_lora_weights('exported')" in card
+    assert list(run_dir.rglob("*optim_states.pt")) and not list(run_dir.rglob("zero_to_*.py"))
     from mitune_ray.families import load_pipeline
     from mitune_ray.models import resolve_model_path
     import torch
