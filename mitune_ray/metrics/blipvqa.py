@@ -32,7 +32,7 @@ import numpy as np
 
 from mitune_ray.errors import MituneError
 from mitune_ray.metrics._weights import require_model_folder, resolve_device, torch_dtype
-from mitune_ray.metrics.nounphrases import Backend, noun_phrases
+from mitune_ray.metrics.nounphrases import Backend, chunker_name, noun_phrases
 
 IMAGE_SIZE = 480  # T2I-CompBench's configs/vqa.yaml
 MAX_PHRASES = 8  # BLIP_vqa.py's --np_num default: later phrases are not asked
@@ -200,6 +200,12 @@ class BlipVqaScorer:
             enc_token_id=enc_token_id, device=device, image_size=image_size, backend=backend,
             reference_rounding=reference_rounding,
         )
+
+    @property
+    def info(self) -> dict[str, str]:
+        """What besides the weights decides the scores: the noun-phrase chunker that picks the
+        questions (`nounphrases.chunker_name`), recorded with the results."""
+        return {"noun_phrase_chunker": chunker_name(self.backend)}
 
     def yes_probabilities(self, images: Sequence[Any], questions: Sequence[str]) -> np.ndarray:
         """p(yes)/(p(yes)+p(no)) for each (image, question) pair, in one batched forward."""

@@ -46,6 +46,7 @@ Backend = Literal["auto", "spacy", "rules"]
 # T2I-CompBench's BLIP_vqa.py skips these chunks (spatial words, not objects to look for).
 EXCLUDED_CHUNKS = ("top", "the side", "the left", "the right")
 SPACY_MODEL = "en_core_web_sm"  # the model T2I-CompBench loads
+RULES_CHUNKER = "rules"  # `chunker_name` of the built-in fallback
 
 _PRONOUN = "<pronoun>"  # `last_break` marker: the previous token was a personal pronoun
 # Endings of adjectives, to tell "The vibrant, multicolored feathers" from "a cat, a dog".
@@ -222,14 +223,8 @@ def spacy_available() -> bool:
     return _spacy_nlp() is not None
 
 
-def noun_chunks(prompt: str, *, backend: Backend = "auto") -> list[str]:
-    """All noun chunks of `prompt`, before T2I-CompBench's exclusions.
-
-    Args:
-        prompt: the text-to-image prompt.
-        backend: "spacy" (error when missing), "rules" (the fallback), or "auto" (spaCy when
-            installed, else the rules).
-    """
+def _resolve(backend: Backend):
+    """spaCy's pipeline for `backend`, or None for the rules; errors for a bad or missing one."""
     if backend not in ("auto", "spacy", "rules"):
         raise MituneError(
             f"noun phrase backend {backend!r} is unknown: use 'auto', 'spacy' or 'rules'"
@@ -241,6 +236,33 @@ def noun_chunks(prompt: str, *, backend: Backend = "auto") -> list[str]:
             f"installed: pip install spacy and install {SPACY_MODEL} from a local wheel, "
             "or use backend='rules'"
         )
+    return nlp
+
+
+def chunker_name(backend: Backend = "auto") -> str:
+    """The chunker `noun_chunks` uses for `backend` in this environment: "spacy
+    en_core_web_sm X.Y.Z" (T2I-CompBench's own) or "rules" (the built-in fallback). Evaluation
+    results record it (`metrics.json`), since the two can ask BLIP different questions.
+
+    Example:
+        >>> chunker_name("rules")
+        'rules'
+    """
+    nlp = _resolve(backend)
+    if nlp is None:
+        return RULES_CHUNKER
+    return f"spacy {SPACY_MODEL} {nlp.meta.get('version', '?')}"
+
+
+def noun_chunks(prompt: str, *, backend: Backend = "auto") -> list[str]:
+    """All noun chunks of `prompt`, before T2I-CompBench's exclusions.
+
+    Args:
+        prompt: the text-to-image prompt.
+        backend: "spacy" (error when missing), "rules" (the fallback), or "auto" (spaCy when
+            installed, else the rules).
+    """
+    nlp = _resolve(backend)
     if nlp is None:
         return rule_noun_chunks(prompt)
     return [chunk.text for chunk in nlp(prompt).noun_chunks]

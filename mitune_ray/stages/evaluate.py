@@ -5,9 +5,11 @@ round 0 for all), so base and tuned images of a prompt are paired. The driver ge
 version's images with the generation stage (`generation_settings`: every candidate kept, none
 pruned) into `<version>/eval/selected/*.parquet`; `score_version` then writes per-image metric
 values to `<version>/eval/scores.parquet` and means (overall and per category, e.g.
-T2I-CompBench's color/shape/...) to `metrics.json`. At another classifier-free guidance G
-(`mitune eval RUN --guidance G`) the folder is `<version>/eval-guidance-G/`: whether a gain at the
-run's guidance is better alignment or only a tolerance of that guidance (`mitune_ray.layout`).
+T2I-CompBench's color/shape/...) to `metrics.json`, with `metric_info`: what a metric model says
+about how it scored (BLIP-VQA: `{"noun_phrase_chunker": "rules"}`, or spaCy's model and version).
+At another classifier-free guidance G (`mitune eval RUN --guidance G`) the folder is
+`<version>/eval-guidance-G/`: whether a gain at the run's guidance is better alignment or only a
+tolerance of that guidance (`mitune_ray.layout`).
 
 Metrics: `mi` (the model's own trajectory MI), `blip_vqa`, `clip_score`, `hps` (from local weights,
 through `score_dataset`), and any registered evaluation metric (`mitune_ray.registry`; ShapesWorld
@@ -29,6 +31,7 @@ CPUs give actors fractional CPUs (e.g. 0.5), or the read tasks starve.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -104,9 +107,12 @@ def generation_settings(gen: GenerateSection, ev: EvalSection,
 
 
 def metric_columns(table: pa.Table, ev: EvalSection, *,
-                   cpus_per_actor: float) -> dict[str, list[float]]:
-    """Per-image values of every configured metric (rows in `table` order)."""
+                   cpus_per_actor: float) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Per-image values of every configured metric (rows in `table` order), and what the metric
+    models report about how they scored (`ScorerUDF`'s info: e.g. BLIP-VQA's noun-phrase
+    chunker), by metric."""
     out: dict[str, list[float]] = {}
+    info: dict[str, dict] = {}
     if "mi" in ev.metrics:
         out["mi"] = table.column("mi").to_pylist()
     for metric in ev.metrics:
@@ -129,12 +135,14 @@ def metric_columns(table: pa.Table, ev: EvalSection, *,
             "row", pa.array(range(table.num_rows), pa.int64()))
         ds = ray.data.from_arrow(rows).repartition(max(1, 2 * ev.actors))
         scored = score_dataset(ds, specs, actors=ev.actors, num_gpus_per_actor=gpus,
-                               num_cpus_per_actor=cpus_per_actor)
+                               num_cpus_per_actor=cpus_per_actor, with_info=True)
         got = pa.concat_tables(list(scored.drop_columns(["png"]).iter_batches(
             batch_format="pyarrow", batch_size=None))).sort_by("row")
         for spec in specs:
             out[spec.column] = got.column(spec.column).to_pylist()
-    return out
+            if info_column(spec.column) in got.column_names:
+                info[spec.column] = merged_info(got.column(info_column(spec.column)).to_pylist())
+    return out, info
 
 
 def _summarise(values: dict[str, list[float]], categories: list[str]) -> tuple[dict, dict]:
@@ -157,7 +165,7 @@ def score_version(*, name: str, adapters: list[str], out: Store, prompts: EvalPr
         raise MituneError(f"evaluation of {name} wrote no images to "
                           f"{out.child_uri(layout.SELECTED)}")
     table = table.sort_by([("prompt_id", "ascending"), ("candidate", "ascending")])
-    values = metric_columns(table, ev, cpus_per_actor=cpus_per_actor)
+    values, info = metric_columns(table, ev, cpus_per_actor=cpus_per_actor)
     cats = [prompts.categories[p] for p in table.column("prompt_id").to_pylist()]
     scores = table.drop_columns(["png"]).append_column("category", pa.array(cats))
     for k, v in values.items():
@@ -167,7 +175,7 @@ def score_version(*, name: str, adapters: list[str], out: Store, prompts: EvalPr
     overall, by_cat = _summarise(values, cats)
     result = {"version": name, "adapters": adapters, "prompts": len(prompts.categories),
               "images": table.num_rows, "guidance": guidance, "metrics": overall,
-              "by_category": by_cat}
+              "by_category": by_cat, "metric_info": info}
     out.write_json(layout.EVAL_METRICS, result)
     log(f"[{name}, guidance {guidance:g}] " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items()))
     return result
@@ -229,22 +237,54 @@ def build_scorer(spec: ScorerSpec):
     return cls.from_folder(spec.folder, **kwargs)
 
 
-class ScorerUDF:
-    """Ray Data callable class: loads the scorers once per actor, scores each batch."""
+INFO_SUFFIX = "__info"  # a metric column's companion: JSON of its scorer's `info`, per row
 
-    def __init__(self, specs: Sequence[ScorerSpec], image_column: str, prompt_column: str):
+
+def info_column(column: str) -> str:
+    """The column holding what the scorer of metric `column` reports about itself."""
+    return column + INFO_SUFFIX
+
+
+def merged_info(values: Sequence[str]) -> dict:
+    """One metric's info from its rows' JSON: every key with its one value, or the sorted list
+    of values where actors differed (e.g. spaCy installed on some nodes only).
+
+        >>> merged_info(['{"noun_phrase_chunker": "rules"}'] * 2)
+        {'noun_phrase_chunker': 'rules'}
+        >>> merged_info(['{"noun_phrase_chunker": "rules"}', '{"noun_phrase_chunker": "spacy"}'])
+        {'noun_phrase_chunker': ['rules', 'spacy']}
+    """
+    seen: dict[str, set] = defaultdict(set)
+    for value in set(values):
+        for key, item in json.loads(value).items():
+            seen[key].add(item)
+    return {k: next(iter(v)) if len(v) == 1 else sorted(v) for k, v in sorted(seen.items())}
+
+
+class ScorerUDF:
+    """Ray Data callable class: loads the scorers once per actor, scores each batch. With
+    `with_info`, a scorer with an `info` dict (BLIP-VQA: its noun-phrase chunker) also fills
+    `info_column(column)`."""
+
+    def __init__(self, specs: Sequence[ScorerSpec], image_column: str, prompt_column: str,
+                 with_info: bool = False):
         from mitune_ray.imaging import decode_png
 
         self._decode = decode_png
         self.specs = list(specs)
         self.scorers = [build_scorer(spec) for spec in self.specs]
         self.image_column, self.prompt_column = image_column, prompt_column
+        self.with_info = with_info
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = [self._decode(bytes(data)) for data in batch[self.image_column]]
         prompts = [str(p) for p in batch[self.prompt_column]]
         for spec, scorer in zip(self.specs, self.scorers):
             batch[spec.column] = np.asarray(scorer.score(images, prompts), dtype=np.float64)
+            info = getattr(scorer, "info", None) if self.with_info else None
+            if info:
+                batch[info_column(spec.column)] = np.asarray(
+                    [json.dumps(info, sort_keys=True)] * len(prompts), dtype=object)
         return batch
 
 
@@ -258,6 +298,7 @@ def score_dataset(
     batch_size: int = 16,
     image_column: str = "png",
     prompt_column: str = "prompt",
+    with_info: bool = False,
 ):
     """Add one metric column per spec to a dataset of (PNG bytes, prompt) rows.
 
@@ -267,6 +308,8 @@ def score_dataset(
         actors: size of the actor pool; each actor holds its own copy of the models.
         num_gpus_per_actor, num_cpus_per_actor: resources each actor reserves.
         batch_size: rows per scorer call.
+        with_info: also add `info_column(column)` for scorers that describe themselves (JSON of
+            their `info`, e.g. BLIP-VQA's noun-phrase chunker), read back with `merged_info`.
 
     Returns:
         A lazy `ray.data.Dataset` with the input columns and the metric columns.
@@ -286,7 +329,8 @@ def score_dataset(
     return ds.map_batches(
         ScorerUDF,
         fn_constructor_kwargs=dict(
-            specs=specs, image_column=image_column, prompt_column=prompt_column
+            specs=specs, image_column=image_column, prompt_column=prompt_column,
+            with_info=with_info,
         ),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=num_gpus_per_actor,

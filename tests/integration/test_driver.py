@@ -1,5 +1,6 @@
 """The multi-round driver end to end: S3 state, SIGKILL and resume, `ray job submit`, export."""
 
+import json
 import os
 import socket
 import subprocess
@@ -194,6 +195,11 @@ def test_ray_job_submit_runs_a_run_to_success_and_its_adapters_load(tmp_path, ra
         assert set(summary["metrics"]) == {"mi", "shapes_correct", "shapes_fraction", "blip_vqa",
                                            "clip_score", "hps"}
         assert 0.0 <= summary["metrics"]["blip_vqa"] <= 1.0
+        # Which noun-phrase chunker chose BLIP-VQA's questions (spaCy is not installed here).
+        assert summary["metric_info"] == {"blip_vqa": {"noun_phrase_chunker": "rules"}}
+    written = json.loads((run_dir / "round-001" / "eval" / "metrics.json").read_text())
+    assert written["metric_info"]["blip_vqa"]["noun_phrase_chunker"] == "rules"
+    assert "blip_vqa: noun phrase chunker rules" in card
     seeds = [pq.read_table(str(run_dir / v / "eval" / "scores.parquet")).column("seed").to_pylist()
              for v in ("eval-base", "round-001")]
     assert seeds[0] == seeds[1]

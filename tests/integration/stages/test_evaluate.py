@@ -59,3 +59,36 @@ def test_specs_are_validated():
         score_dataset(None, [ScorerSpec("hpsv2", "/a"), ScorerSpec("hpsv2", "/b")])
     with pytest.raises(MituneError, match="actors=0"):
         score_dataset(None, ScorerSpec("hpsv2", "/a"), actors=0)
+
+
+def test_metrics_json_records_blip_vqas_noun_phrase_chunker(ray_cluster, blip_folder, images,
+                                                            tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    from mitune_ray.config import EvalSection
+    from mitune_ray.records import to_parquet_bytes
+    from mitune_ray.stages.evaluate import EvalPrompts, info_column, score_version
+    from mitune_ray.storage import Store
+
+    out = Store(str(tmp_path / "eval"))
+    rows = [{"prompt_id": f"p{i}", "prompt": PROMPTS[i], "candidate": 0, "seed": i, "mi": 0.5,
+             "png": _png(images[i])} for i in range(2)]
+    out.write_bytes("selected/part-0.parquet", to_parquet_bytes(pa.Table.from_pylist(rows)))
+    prompts = EvalPrompts(out, [], {"p0": "color", "p1": "spatial"}, frozenset())
+    ev = EvalSection(metrics=["mi", "blip_vqa"], blip_path=str(blip_folder), gpus_per_actor=0)
+    summary = score_version(name="round-001", adapters=[], out=out, prompts=prompts, ev=ev,
+                            guidance=7.5, cpus_per_actor=0.5, log=lambda line: None)
+    # spaCy is not installed here: the built-in chunker chose the questions, and metrics.json says so.
+    assert summary["metric_info"] == {"blip_vqa": {"noun_phrase_chunker": "rules"}}
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metric_info"] == \
+        summary["metric_info"]
+    assert 0.0 <= summary["metrics"]["blip_vqa"] <= 1.0
+    # The info column is there only when asked for.
+    ds = ray_cluster.data.from_items([{"png": rows[0]["png"], "prompt": PROMPTS[0]}])
+    spec = ScorerSpec("blipvqa", str(blip_folder), device="cpu", options={"image_size": 32})
+    plain = score_dataset(ds, spec, num_cpus_per_actor=0.5).take_all()[0]
+    assert info_column("blipvqa") not in plain
+    told = score_dataset(ds, spec, num_cpus_per_actor=0.5, with_info=True).take_all()[0]
+    assert json.loads(told[info_column("blipvqa")]) == {"noun_phrase_chunker": "rules"}

@@ -110,6 +110,10 @@ def test_score_matches_a_manual_forward(scorer, images):
     assert scorer.yes_probabilities(images[2:3], ["a cat?"])[0] == pytest.approx(expected, rel=1e-5)
 
 
+def test_scorer_names_its_noun_phrase_chunker(scorer):
+    assert scorer.info == {"noun_phrase_chunker": "rules"}  # backend="rules"
+
+
 def test_prompts_without_phrases_score_one(scorer, images):
     assert scorer.score(images[:1], ["on the left"]).tolist() == [1.0]
 

@@ -8,7 +8,9 @@ import pytest
 
 from mitune_ray.errors import MituneError
 from mitune_ray.metrics import nounphrases
-from mitune_ray.metrics.nounphrases import noun_chunks, noun_phrases, rule_noun_chunks
+from mitune_ray.metrics.nounphrases import (
+    chunker_name, noun_chunks, noun_phrases, rule_noun_chunks,
+)
 
 from .conftest import read_prompts
 
@@ -103,3 +105,18 @@ def test_spacy_path_keeps_chunk_text(monkeypatch):
 
     monkeypatch.setattr(nounphrases, "_spacy_nlp", lambda: lambda prompt: Doc())
     assert noun_phrases("A cat on the left of a dog", backend="auto") == ["A cat", "a dog"]
+
+
+def test_the_chunker_in_use_is_named(monkeypatch):
+    # Evaluation results record this name: the two chunkers can ask BLIP different questions.
+    monkeypatch.setattr(nounphrases, "_spacy_nlp", lambda: None)
+    assert chunker_name("auto") == chunker_name("rules") == "rules"
+    with pytest.raises(MituneError, match="spaCy"):
+        chunker_name("spacy")
+
+    class Nlp:  # what spacy.load returns carries its package's meta
+        meta = {"lang": "en", "name": "core_web_sm", "version": "3.8.0"}
+
+    monkeypatch.setattr(nounphrases, "_spacy_nlp", lambda: Nlp())
+    assert chunker_name("auto") == chunker_name("spacy") == "spacy en_core_web_sm 3.8.0"
+    assert chunker_name("rules") == "rules"
