@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
-import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -177,7 +178,8 @@ RAY_IDS = [f"{path.name}:{doc['kind']}" for path, doc in RAY_DOCS]
 
 def test_cluster_folder_holds_the_expected_files():
     names = {p.name for p in CLUSTER.iterdir()}
-    assert {"rayjob.yaml", "raycluster.yaml", "secret.example.yaml", "Dockerfile", "README.md"} <= names
+    assert {"rayjob.yaml", "raycluster.yaml", "secret.example.yaml", "storage-config.yaml",
+            "job-config.yaml", "Dockerfile", "README.md"} <= names
     assert {d["kind"] for _, _, d in DOCS} == {"RayJob", "RayCluster", "Secret", "ConfigMap"}
 
 
@@ -320,7 +322,7 @@ def security_violations(doc: dict) -> list[str]:
 def secret_violations(doc: dict) -> list[str]:
     """Credentials written inline, or taken from anywhere but the Secret (non-secret AWS_* may come
     from the ConfigMap); each reference must name a key that the Secret or ConfigMap holds."""
-    secret, config = the("Secret"), the("ConfigMap")
+    secret, config = the("Secret"), the("ConfigMap", "mitune-storage")
     found = []
     for where, container in containers(doc):
         found += [f"{where}: envFrom {sorted(s)}" for s in container.get("envFrom", [])
@@ -483,19 +485,67 @@ def test_raycluster_is_the_rayjobs_cluster():
     assert the("RayCluster")["spec"] == the("RayJob")["spec"]["rayClusterSpec"]
 
 
-def test_rayjob_runs_a_job_config_under_its_submission_id():
-    job = the("RayJob")["spec"]
-    tokens = shlex.split(job["entrypoint"])
-    assert tokens[:4] == ["python", "-m", "mitune_ray.cli", "run"] and len(tokens) == 5
-    config_path = REPO / tokens[4]
-    cfg = load_config(config_path)
+def expand_entrypoint(entrypoint: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """What the RayJob's submitter pod does with the entrypoint: its bash expands it (KubeRay puts
+    the entrypoint verbatim into `bash -c "... ray job submit ... -- ENTRYPOINT"`) and `ray job
+    submit` quotes each resulting word; here bash prints the words, one per NUL."""
+    return subprocess.run(["bash", "-c", f"printf '%s\\0' {entrypoint}"], capture_output=True,
+                          text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+                          timeout=30)
+
+
+def submitter_env(job: dict) -> dict[str, dict]:
+    container = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_rayjob_runs_the_config_and_overrides_of_the_job_configmap():
+    job = the("RayJob")
+    env = the("ConfigMap", "mitune-job")["data"]
+    # The submitter gets both values from the ConfigMap: nothing about the run is in the image.
+    for name in ("MITUNE_CONFIG", "MITUNE_OVERRIDES"):
+        ref = submitter_env(job)[name]["valueFrom"]["configMapKeyRef"]
+        assert (ref["name"], ref["key"]) == ("mitune-job", name)
+    expanded = expand_entrypoint(job["spec"]["entrypoint"], env)
+    assert expanded.returncode == 0, expanded.stderr
+    tokens = expanded.stdout.split("\0")[:-1]
+    assert tokens[:4] == ["python", "-m", "mitune_ray.cli", "run"]
+    config_path, overrides = REPO / tokens[4], tokens[5:]
+    assert tokens[4] == env["MITUNE_CONFIG"] and overrides == env["MITUNE_OVERRIDES"].split()
+    assert {o.split("=", 1)[0] for o in overrides} == {"run.uri", "model.path"}
+    cfg = load_config(config_path, overrides)  # every override is a valid key and value
     # The same run has the same id whether it is submitted by KubeRay or by hand.
-    assert job["jobId"] == submit_command(config_path).options["--submission-id"]
-    runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
+    assert job["spec"]["jobId"] == submit_command(config_path).options["--submission-id"]
+    assert job["spec"]["jobId"] == "mitune-" + cfg.run.uri.rstrip("/").rsplit("/", 1)[-1]
+    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert runtime_env["working_dir"] == "/home/ray/mitune"  # WORKDIR of cluster/Dockerfile
     assert "WORKDIR /home/ray/mitune" in (CLUSTER / "Dockerfile").read_text()
-    gpu_group = _worker_group(the("RayJob"))
+    gpu_group = _worker_group(job)
     gpus = int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     capacity = gpu_group["maxReplicas"] * gpus
     assert capacity >= cfg.generate.actors * cfg.generate.gpus_per_actor
     assert capacity >= cfg.train.workers and capacity >= cfg.eval.actors
+
+
+def test_a_config_file_in_the_configmap_reaches_the_driver_and_odd_overrides_stay_whole():
+    job = the("RayJob")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in head["volumes"]}
+    mounts = {m["mountPath"]: m for m in head["containers"][0]["volumeMounts"]}
+    mount = mounts["/etc/mitune"]
+    assert volumes[mount["name"]]["configMap"]["name"] == "mitune-job" and mount["readOnly"] is True
+    expanded = expand_entrypoint(job["spec"]["entrypoint"], {
+        "MITUNE_CONFIG": "/etc/mitune/my run.yaml",  # a key of the ConfigMap, as a file on the head
+        "MITUNE_OVERRIDES": "prompts.train=[bundled:t2i-compbench/color_train] run.rounds=2"})
+    assert expanded.stdout.split("\0")[4:-1] == [
+        "/etc/mitune/my run.yaml", "prompts.train=[bundled:t2i-compbench/color_train]",
+        "run.rounds=2"]
+
+
+def test_without_the_configmap_the_submitter_stops_with_the_fix():
+    job = the("RayJob")
+    assert submitter_env(job)["MITUNE_CONFIG"]["valueFrom"]["configMapKeyRef"]["optional"] is True
+    expanded = expand_entrypoint(job["spec"]["entrypoint"], {})
+    assert expanded.returncode != 0 and expanded.stdout == ""
+    assert "set MITUNE_CONFIG in the mitune-job ConfigMap: kubectl apply -f cluster/job-config.yaml" \
+        in expanded.stderr
