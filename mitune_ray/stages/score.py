@@ -15,6 +15,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,50 +31,75 @@ SCORE_SCHEMA = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()),
                           ("mi_stderr", pa.float64())])
 
 
-class ScoreUDF:
-    """Ray Data actor: VAE-encode images and score them against their prompts."""
+class PairScorer:
+    """One loaded model that scores (image, prompt) pairs by re-noising MI: the scoring stage's
+    per-batch work, also usable in one process (`mitune_ray.api.score_pairs`).
 
-    def __init__(self, model: ModelSpec, cfg: Config):
-        import torch
+    Images are resized to the model's resolution and VAE-encoded; every image of one prompt is
+    re-noised with the same draws, seeded by (`generate.seed`, the prompt's id), so a pair's
+    score does not depend on which other pairs share its batch (up to float rounding).
 
+    Example:
+        >>> cfg = load_config(None, ["mi.renoise_draws=4"])  # doctest: +SKIP
+        >>> scorer = PairScorer(ModelSpec("tiny:sd"), cfg)  # doctest: +SKIP
+        >>> scorer.score([image], ["a red cube"])  # doctest: +SKIP
+        (array([0.37...]), array([0.05...]))
+    """
+
+    def __init__(self, model: ModelSpec, cfg: Config, *, device=None):
         from mitune_ray.sampling import CandidateSampler
 
-        pipe, fam, device, dtype = load_model(model)
-        self.pipe, self.fam, self.torch = pipe, fam, torch
+        pipe, fam, device, dtype = load_model(model, device=device)
+        self.pipe, self.fam = pipe, fam
         gen = cfg.generate.model_copy(update={"select_by": "mi"})
         self.sampler = CandidateSampler(pipe, fam, gen, cfg.mi, device=device,
                                         dtype=dtype, resolution=model.resolution)
         self.seed = cfg.generate.seed
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def score(self, images: Sequence, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """MI and its standard error (over the re-noising draws) of each `PIL.Image` for its
+        prompt, in input order (float64 arrays). Prompts are normalised as corpora are."""
+        import torch
         from PIL import Image
 
         from mitune_ray.families import encode_images, encode_prompts
-        from mitune_ray.imaging import from_png
         from mitune_ray.sampling import derive_seed
 
-        torch = self.torch
-        rows = batch.to_pylist()
+        if len(images) != len(prompts):
+            raise MituneError(f"got {len(images)} images for {len(prompts)} prompts; pass one "
+                              "prompt per image")
         size = self.sampler.height
-        out = []
+        mi_out, se_out = np.zeros(len(images)), np.zeros(len(images))
         by_prompt: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            by_prompt.setdefault(row["prompt"], []).append(i)
+        for i, text in enumerate(prompts):
+            by_prompt.setdefault(normalize_prompt(text), []).append(i)
         for text, idx in by_prompt.items():
-            pid = prompt_id(text)
-            images = []
-            for i in idx:
-                img = Image.fromarray(from_png(rows[i]["image"])).resize((size, size), Image.BICUBIC)
-                images.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255)
-            pixels = torch.stack(images).to(self.sampler.device)
-            z0 = encode_images(self.pipe, pixels).float()
+            rgb = [np.array(images[i].convert("RGB").resize((size, size), Image.BICUBIC))
+                   for i in idx]  # (size, size, 3) uint8 each
+            pixels = torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).float() / 255
+            z0 = encode_images(self.pipe, pixels.to(self.sampler.device)).float()
             cond = encode_prompts(self.pipe, self.fam, [text], self.sampler.device)
             mi, se = self.sampler.score_latents(
                 z0, cond.rows(torch.zeros(len(idx), dtype=torch.long)),
-                draw_seed=derive_seed("score", self.seed, pid))
-            for j, i in enumerate(idx):
-                out.append({"prompt_id": pid, "prompt": text, "source": rows[i]["source"],
-                            "mi": float(mi[j]), "mi_stderr": float(se[j])})
+                draw_seed=derive_seed("score", self.seed, prompt_id(text)))
+            mi_out[idx], se_out[idx] = mi.double().cpu().numpy(), se.double().cpu().numpy()
+        return mi_out, se_out
+
+
+class ScoreUDF:
+    """Ray Data actor: a `PairScorer` over batches of (PNG bytes, prompt, source) rows."""
+
+    def __init__(self, model: ModelSpec, cfg: Config):
+        self.scorer = PairScorer(model, cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mitune_ray.imaging import decode_png
+
+        rows = batch.to_pylist()
+        mi, se = self.scorer.score([decode_png(r["image"]) for r in rows],
+                                   [r["prompt"] for r in rows])
+        out = [{"prompt_id": prompt_id(r["prompt"]), "prompt": r["prompt"], "source": r["source"],
+                "mi": float(m), "mi_stderr": float(e)} for r, m, e in zip(rows, mi, se)]
         return pa.Table.from_pylist(out, schema=SCORE_SCHEMA)
 
 
