@@ -124,7 +124,8 @@ def corpus_counts(store: Store, entry: dict, configured: list[str], prepared: st
     counts: dict[str, Counter] = {}
     corpus = store.child(prepared)
     for shard in entry.get("shards", []):
-        table = pq.read_table(pa.BufferReader(corpus.read_bytes(shard)), columns=["source", "split"])
+        table = pq.read_table(pa.BufferReader(corpus.read_bytes(shard)),
+                              columns=["source", "split"])
         for source, split in zip(table.column("source").to_pylist(),
                                  table.column("split").to_pylist()):
             counts.setdefault(source, Counter())[split] += 1
@@ -180,12 +181,14 @@ def _evaluation_lines(manifest: dict, round_index: int) -> list[str]:
 
 def _load_snippet(pipeline: str, base: str, folder: str) -> list[str]:
     if base.startswith((BUNDLED_PREFIX, TINY_PREFIX)):  # a model inside the package
-        head = [f"from diffusers import {pipeline}", "from mitune_ray.models import resolve_model_path",
-                "", f"pipe = {pipeline}.from_pretrained(resolve_model_path({base!r}))"]
+        head = [f"from diffusers import {pipeline}",
+                "from mitune_ray.models import resolve_model_path", "",
+                f"pipe = {pipeline}.from_pretrained(resolve_model_path({base!r}))"]
     else:
         where = f"a local copy of {base}" if is_s3(base) else base
         head = ["import torch", f"from diffusers import {pipeline}", "",
-                f"pipe = {pipeline}.from_pretrained({where!r}, torch_dtype=torch.float16).to(\"cuda\")"]
+                f"pipe = {pipeline}.from_pretrained({where!r}, "
+                "torch_dtype=torch.float16).to(\"cuda\")"]
     return head + [f"pipe.load_lora_weights({folder!r})  # this folder",
                    "image = pipe(\"a green bench and a blue bowl\").images[0]",
                    "pipe.unload_lora_weights()  # the base model again"]

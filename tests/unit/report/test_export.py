@@ -138,7 +138,8 @@ def test_bad_exports_are_one_line_errors_and_write_nothing(tmp_path, tiny_folder
     with pytest.raises(MituneError, match="has rank 4 but train.rank=8"):
         export_round(run, 1, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
-    with pytest.raises(MituneError, match=r"round 2 of .* has no committed adapter \(trained: round-001\)"):
+    with pytest.raises(MituneError,
+                       match=r"round 2 of .* has no committed adapter \(trained: round-001\)"):
         export_round(run, 2, str(tmp_path / "out"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / CARD_FILE).write_text("mine")
