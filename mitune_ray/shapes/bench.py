@@ -5,19 +5,26 @@
    a prototype's MI tracked noisy backgrounds). Kendall tau within prompt, averaged, with a 95%
    bootstrap interval over prompts.
 2. MI-TUNE: the full loop (Ray Data generation, Ray Train + DeepSpeed DoRA, the driver) for
-   several rounds, three arms that differ only in how candidates are selected: by MI, at random,
-   and by the checker (an oracle upper bound). Each arm tunes on held-out combinations that never
-   restate an evaluation prompt (`shapes:tune:N`, as the paper tunes on a category's training
-   prompts; `--tune-split train` tunes on the base model's training split instead), evaluates the
-   base model and every round on held-out prompts with the same seeds, and reports the gain in
-   fully-correct rate over the base model with a paired 95% bootstrap interval over prompts, and
-   how good the selected training sets were (the checker on the kept images), and which kinds of
-   fact (objects, sizes, relations) every version's evaluation images get right; part 1 also
-   gives tau between MI and each kind.
+   several rounds, four arms that differ only in how candidates are selected: by MI, at random,
+   by the checker (an oracle upper bound) and by the checker reversed (`anti`, an anti-oracle).
+   Each arm tunes on held-out combinations that never restate an evaluation prompt
+   (`shapes:tune:N`, as the paper tunes on a category's training prompts; `--tune-split train`
+   tunes on the base model's training split instead), evaluates the base model and every round
+   on held-out prompts with the same seeds, and reports the gain in fully-correct rate over the
+   base model with a paired 95% bootstrap interval over prompts, how good the selected training
+   sets were (the checker on the kept images), and which kinds of fact (objects, sizes,
+   relations) every version's evaluation images get right; part 1 also gives tau between MI and
+   each kind. `--replicates N` repeats the arms with N generation x training seeds (one run
+   folder per arm and replicate, `replicate-0k/ARM`; within a replicate every arm selects from
+   the same round-1 candidates), and reports paired contrasts between arms and the loop
+   selection efficiency with intervals over replicates and prompts (`contrasts.py`). A rerun of the
+   same command resumes: finished runs are read back, not redone.
 
     mitune shapes bench                 # ~15 minutes per arm and round on 2 idle CPU cores
-    mitune shapes bench --rounds 1 --scale train_prompts=96    # any workload setting
-    mitune shapes bench --scale control_guidance=5   # every version evaluated at 5 too
+    mitune shapes bench --rounds 1 train_prompts=96    # any workload setting, FIELD=VALUE
+    mitune shapes bench control_guidance=5   # every version evaluated at 5 too
+    mitune shapes bench --skip-agreement --rounds 1 --replicates 8   # a series (docs/shapes.md)
+    mitune shapes bench --power runs/shapes-bench/shapes-bench.json  # replicates a series needs
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
@@ -27,6 +34,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -35,9 +43,16 @@ import torch
 
 from mitune_ray import layout
 from mitune_ray.config import GenerateSection, MISection, RunSection, load_config
+from mitune_ray.errors import MituneError
+from mitune_ray.manifest import MANIFEST, read_run
+from mitune_ray.shapes.contrasts import (
+    PRIMARY_ROUND, paired_gain, pilot_rates, power_analysis, power_lines, statistics,
+    statistics_line,
+)
 from mitune_ray.storage import Store
 
-ARMS = ("mi", "random", "checker")
+ARMS = ("mi", "random", "checker", "anti")  # anti: the checker reversed (an anti-oracle)
+RESULTS = "shapes-bench.json"  # in --out, beside the runs
 
 
 @dataclass(frozen=True)
@@ -183,10 +198,24 @@ def agreement(model_path: str, scale: Scale, log=print) -> dict:
     return out
 
 
-def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool):
+def replicate_dir(replicate: int) -> str:
+    """A replicate's folder in the bench's output: `replicate-01` (its arms' runs inside)."""
+    return f"replicate-{replicate:02d}"
+
+
+def replicate_seeds(replicate: int) -> dict[str, int]:
+    """`generate.seed` and `train.seed` of every arm of a replicate (1: the defaults, 0 and 0)."""
+    return {"generate": replicate - 1, "train": replicate - 1}
+
+
+def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool,
+               replicate: int = 1):
+    """One arm's run in one replicate: the arms of a replicate differ only in `select_by`."""
     actors = 1 if quick else 2
+    seeds = replicate_seeds(replicate)
     return load_config(None, [
-        f"run.uri={root}/{arm}", f"run.rounds={scale.rounds}", "run.evaluate=true",
+        f"run.uri={root}/{replicate_dir(replicate)}/{arm}", f"run.rounds={scale.rounds}",
+        "run.evaluate=true", f"generate.seed={seeds['generate']}", f"train.seed={seeds['train']}",
         f"run.chaining={scale.chaining}", f"run.accumulate={str(scale.accumulate).lower()}",
         f"model.path={model_path}",
         f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
@@ -271,82 +300,142 @@ def selected_quality(store: Store, version: str) -> dict:
             "fraction": float(np.mean([r.fraction for r in results])) if results else 0.0}
 
 
-def paired_gain(base: dict[str, float], tuned: dict[str, float], *, n_boot: int = 5000,
-                seed: int = 0) -> dict:
-    """Mean per-prompt gain in fully-correct rate, with a paired bootstrap 95% interval.
-
-    Example:
-        >>> g = paired_gain({"a": 0.0, "b": 1.0}, {"a": 1.0, "b": 1.0})
-        >>> g["gain"]
-        0.5
-    """
-    from mitune_ray.metrics.agreement import bootstrap_mean_interval
-
-    keys = sorted(set(base) & set(tuned))
-    diff = np.array([tuned[k] - base[k] for k in keys])
-    low, high = bootstrap_mean_interval(diff, n_boot=n_boot, seed=seed)  # paired: per prompt
-    return {"gain": float(diff.mean()) if len(diff) else float("nan"), "ci": [low, high],
-            "base_rate": float(np.mean([base[k] for k in keys])) if keys else float("nan"),
-            "tuned_rate": float(np.mean([tuned[k] for k in keys])) if keys else float("nan"),
-            "prompts": len(keys)}
+def finished(cfg, control: float | None) -> bool:
+    """Whether the run of `cfg` has every round trained and evaluated (at `control` too)."""
+    if not Store(cfg.run.uri).exists(MANIFEST):
+        return False
+    stages = read_run(cfg.run.uri)[1].get("stages", {})
+    versions = [layout.version_dir(r) for r in range(1, cfg.run.rounds + 1)]
+    guidances = [None, control] if control else [None]
+    return all(layout.evaluate_stage(v, g) in stages for v in versions for g in guidances)
 
 
-def mitune_arms(model_path: str, root: str, scale: Scale, quick: bool, log=print,
-                arms: tuple[str, ...] = ARMS) -> dict:
-    """Part 2: the full loop for each selection arm; per-round gains over the base model (also
-    at `scale.control_guidance`, when set)."""
+def run_arm(model_path: str, root: str, arm: str, replicate: int, scale: Scale, quick: bool,
+            log=print) -> dict:
+    """One arm of one replicate through the whole loop (resumed where it stopped; read back where
+    it is finished): per-round gains over the base model (also at `scale.control_guidance`, when
+    set), and every evaluation prompt's fully-correct rate per version."""
     from mitune_ray.driver import evaluate_run, run
-    from mitune_ray.stages.evaluate import check_guidance
 
     control = scale.control_guidance or None
-    if control:  # before hours of runs, not after
-        check_guidance(control, "--scale control_guidance")
-    out = {}
-    for arm in arms:
-        start = time.perf_counter()
-        cfg = arm_config(root, arm, model_path, scale, quick)
-        run(cfg, log=lambda m: None)
+    start = time.perf_counter()
+    cfg = arm_config(root, arm, model_path, scale, quick, replicate)
+    earlier = finished(cfg, control)
+    run(cfg, log=lambda m: None)  # a finished run: its config is checked, nothing is redone
+    if control:
+        evaluate_run(cfg.run.uri, guidance=control, log=lambda m: None)
+    store = Store(cfg.run.uri)
+    who = f"[mitune] replicate {replicate}, select by {arm}"
+    if earlier:
+        log(f"{who}: finished earlier, read back")
+    base = _correct_by_prompt(store, layout.BASE_VERSION)
+    per_prompt = {"base": base}
+    base_facts = eval_fact_rates(store, layout.BASE_VERSION)
+    log(f"{who}, base model: held-out facts that hold: {rates_line(base_facts)}")
+    rounds, selected = {}, {}
+    per_prompt_control = {}
+    if control:
+        folder = layout.eval_dir(control)
+        per_prompt_control["base"] = _correct_by_prompt(store, layout.BASE_VERSION, folder)
+    for r in range(1, scale.rounds + 1):
+        version = layout.round_dir(r)
+        per_prompt[str(r)] = tuned = _correct_by_prompt(store, version)
+        rounds[str(r)] = g = paired_gain(base, tuned)
+        selected[str(r)] = kept = selected_quality(store, version)
+        g["image_change"] = image_change(store, version)
+        g["facts"] = eval_fact_rates(store, version)
+        log(f"{who}, round {r}: kept images fully correct "
+            f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
+            f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
         if control:
-            evaluate_run(cfg.run.uri, guidance=control, log=lambda m: None)
-        store = Store(cfg.run.uri)
-        base = _correct_by_prompt(store, layout.BASE_VERSION)
-        base_facts = eval_fact_rates(store, layout.BASE_VERSION)
-        log(f"[mitune] select by {arm}, base model: held-out facts that hold: {rates_line(base_facts)}")
-        rounds, selected = {}, {}
-        for r in range(1, scale.rounds + 1):
-            version = layout.round_dir(r)
-            rounds[r] = g = paired_gain(base, _correct_by_prompt(store, version))
-            selected[r] = kept = selected_quality(store, version)
-            g["image_change"] = image_change(store, version)
-            g["facts"] = eval_fact_rates(store, version)
-            log(f"[mitune] select by {arm}, round {r}: kept images fully correct "
-                f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
-                f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
-            if control:
-                folder = layout.eval_dir(control)
-                g["control"] = c = paired_gain(
-                    _correct_by_prompt(store, layout.BASE_VERSION, folder),
-                    _correct_by_prompt(store, version, folder))
-                c["guidance"] = control
-                c["facts"] = eval_fact_rates(store, version, folder)
-                log(f"[mitune] select by {arm}, round {r}, at guidance {control:g}: held out fully "
-                    f"correct {gain_line(c)}; facts that hold: {rates_line(c['facts'])}")
-        out[arm] = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
-                    "seconds": round(time.perf_counter() - start, 1)}
+            per_prompt_control[str(r)] = _correct_by_prompt(store, version, folder)
+            g["control"] = c = paired_gain(per_prompt_control["base"], per_prompt_control[str(r)])
+            c["guidance"] = control
+            c["facts"] = eval_fact_rates(store, version, folder)
+            log(f"{who}, round {r}, at guidance {control:g}: held out fully "
+                f"correct {gain_line(c)}; facts that hold: {rates_line(c['facts'])}")
+    out = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
+           "per_prompt": per_prompt, "finished_earlier": earlier,
+           "seconds": round(time.perf_counter() - start, 1)}
+    if control:
+        out["per_prompt_control"] = per_prompt_control
     return out
 
 
+def series_statistics(series: dict, scale: Scale) -> dict:
+    """Contrasts and the loop efficiency per round (and at the control guidance), and the
+    pre-registered primary endpoint: round 1 at the bench's guidance."""
+
+    def rates(key: str, r: int) -> dict:
+        return {rep: {arm: data[key][str(r)] for arm, data in entry["arms"].items()
+                      if str(r) in data.get(key, {})}
+                for rep, entry in series["replicates"].items()}
+
+    rounds = range(1, scale.rounds + 1)
+    out = {"rounds": {str(r): statistics(rates("per_prompt", r)) for r in rounds}}
+    if scale.control_guidance:
+        out["control"] = {"guidance": scale.control_guidance, "rounds": {
+            str(r): statistics(rates("per_prompt_control", r)) for r in rounds}}
+    if str(PRIMARY_ROUND) in out["rounds"]:
+        out["primary_endpoint"] = {
+            "endpoint": f"held-out fully-correct rate after round {PRIMARY_ROUND} at guidance "
+                        f"{scale.guidance:g}", "round": PRIMARY_ROUND, "guidance": scale.guidance,
+            **out["rounds"][str(PRIMARY_ROUND)]}
+    return out
+
+
+def shared_base(entry: dict) -> bool:
+    """Whether every arm of a replicate evaluated the base model alike (same prompts, seeds and
+    rates): the arms' comparisons are paired."""
+    bases = [data["per_prompt"]["base"] for data in entry["arms"].values()]
+    return all(b == bases[0] for b in bases)
+
+
+def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=print,
+                  arms: tuple[str, ...] = ARMS, replicates: int = 1, save=None) -> dict:
+    """Part 2: every arm of every replicate (`run_arm`), replicate by replicate, then the paired
+    statistics over the series (`series_statistics`); `save(series)` after each run, so an
+    interrupted series keeps what it finished."""
+    from mitune_ray.stages.evaluate import check_guidance
+
+    if scale.control_guidance:  # before hours of runs, not after
+        check_guidance(scale.control_guidance, "workload setting control_guidance")
+    series: dict = {"arms": list(arms), "replicates": {}}
+    for k in range(1, replicates + 1):
+        entry = series["replicates"][str(k)] = {"seeds": replicate_seeds(k),
+                                                "folder": replicate_dir(k), "arms": {}}
+        for arm in arms:
+            entry["arms"][arm] = run_arm(model_path, root, arm, k, scale, quick, log)
+            entry["shared_base"] = shared_base(entry)
+            series["statistics"] = series_statistics(series, scale)
+            if save is not None:
+                save(series)
+    stats = series["statistics"]
+    for r, s in stats["rounds"].items():
+        log(f"[mitune] {replicates} replicates, round {r}: {statistics_line(s)}")
+    series["power"] = power_analysis(pilot_rates({"mitune": series}))
+    for line in power_lines(series["power"]):
+        log(line)
+    return series
+
+
 def svg_plot(result: dict) -> str:
-    """Fully-correct rate per round for each arm (base at round 0), as a small SVG."""
-    from mitune_ray.report.markup import svg_lines
+    """Fully-correct rate per round for each arm (base at round 0; means over replicates), as a
+    small SVG."""
+    from mitune_ray.report.plots import lines
 
     series = {}
-    for arm, data in result.get("mitune", {}).items():
-        rounds = data["rounds"]
-        first = next(iter(rounds.values()))
-        series[f"select by {arm}"] = [(0, first["base_rate"])] + [
-            (int(r), v["tuned_rate"]) for r, v in rounds.items()]
-    html = str(svg_lines(series, title="ShapesWorld held-out fully-correct rate by round"))
+    replicates = list(result.get("mitune", {}).get("replicates", {}).values())
+    for arm in result.get("mitune", {}).get("arms", []):
+        runs = [entry["arms"][arm]["rounds"] for entry in replicates if arm in entry["arms"]]
+        if not runs:
+            continue
+        first = [next(iter(rounds.values())) for rounds in runs]
+        series[f"select by {arm}"] = [(0, float(np.mean([f["base_rate"] for f in first])))] + [
+            (int(r), float(np.mean([rounds[r]["tuned_rate"] for rounds in runs])))
+            for r in runs[0]]
+    html = str(lines(series, title="ShapesWorld held-out fully-correct rate by round",
+                     xlabel="round (0: base model)", ylabel="fully correct"))
     return html if 'xmlns=' in html else html.replace("<svg", '<svg xmlns="http://www.w3.org/2000/svg"', 1)
 
 
@@ -369,14 +458,12 @@ def scale_changes(items: list[str]) -> dict:
         >>> scale_changes(["train_prompts=96", "lr=3e-4"])
         {'train_prompts': 96, 'lr': 0.0003}
     """
-    from mitune_ray.errors import MituneError
-
     out: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
         field = Scale.__dataclass_fields__.get(key.strip())
         if not sep or field is None:
-            raise MituneError(f"--scale {item!r}: expected FIELD=VALUE with FIELD one of "
+            raise MituneError(f"workload setting {item!r}: expected FIELD=VALUE with FIELD one of "
                               f"{', '.join(Scale.__dataclass_fields__)}")
         kind = type(getattr(Scale(), field.name))
         try:
@@ -384,33 +471,64 @@ def scale_changes(items: list[str]) -> dict:
         except ValueError:
             what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind,
                                                                                    "a string")
-            raise MituneError(f"--scale {item!r}: {field.name} takes {what}, "
+            raise MituneError(f"workload setting {item!r}: {field.name} takes {what}, "
                               f"not {text.strip()!r}") from None
         zero = ZERO_MEANS.get(field.name)
         if kind in (int, float) and (value < 0 or (value == 0 and not zero)):
-            raise MituneError(f"--scale {item!r}: {field.name} must be above 0"
+            raise MituneError(f"workload setting {item!r}: {field.name} must be above 0"
                               + (f" or 0 ({zero})" if zero else ""))
         choices = {"mi": tuple(MI_SETTINGS), "tune_split": ("tune", "train"),
                    "chaining": CHAININGS}.get(field.name)
         if choices and value not in choices:
-            raise MituneError(f"--scale {item!r}: {field.name} is one of {', '.join(choices)}")
+            raise MituneError(f"workload setting {item!r}: {field.name} is one of {', '.join(choices)}")
         out[field.name] = value
     return out
 
 
+def print_power(path: str) -> int:
+    """`--power PILOT.json`: the replicates x prompts a series needs, from a bench's results."""
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MituneError(f"--power {path}: cannot read it as JSON ({type(exc).__name__}); pass "
+                          "the shapes-bench.json a bench wrote") from None
+    try:
+        lines = power_lines(power_analysis(pilot_rates(result)))
+    except MituneError as exc:
+        raise MituneError(f"--power {path}: {exc}") from None
+    if not lines:
+        raise MituneError(f"--power {path}: the pilot ran none of the contrasts "
+                          "checker-anti, checker-random; run those arms (--arms)")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mitune shapes bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="bundled:shapes")
+    parser.add_argument("changes", nargs="*", metavar="FIELD=VALUE",
+                        help="workload settings, e.g. train_prompts=48 lr=3e-4 (fields: "
+                             f"{', '.join(Scale.__dataclass_fields__)})")
+    parser.add_argument("--model", default="bundled:shapes",
+                        help="a ShapesWorld diffusers folder (default: the bundled model)")
     parser.add_argument("--out", default="runs/shapes-bench", help="folder for the runs and results")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the machinery")
-    parser.add_argument("--skip-agreement", action="store_true")
-    parser.add_argument("--skip-mitune", action="store_true")
-    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--skip-agreement", action="store_true",
+                        help="skip part 1, MI's agreement with the checker")
+    parser.add_argument("--skip-mitune", action="store_true",
+                        help="skip part 2, the MI-TUNE loop's arms")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="MI-TUNE rounds per arm (the same as rounds=N)")
     parser.add_argument("--scale", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change one workload setting, e.g. --scale train_prompts=48 "
-                             f"(fields: {', '.join(Scale.__dataclass_fields__)})")
+                        help="deprecated: the same as a FIELD=VALUE argument")
     parser.add_argument("--arms", default=",".join(ARMS),
-                        help="selection arms to run: mi, random, checker (comma-separated)")
+                        help="selection arms to run: mi, random, checker (the oracle), anti (the "
+                             "anti-oracle) (comma-separated)")
+    parser.add_argument("--replicates", type=int, default=1, metavar="N",
+                        help="repeat every arm with N generation x training seeds (replicate k: "
+                             "seeds k-1), one run folder each; a rerun resumes the series")
+    parser.add_argument("--power", metavar="RESULTS_JSON", default=None,
+                        help="print the replicates x prompts a series needs for the target "
+                             "contrasts, from a bench's results (a pilot), and run nothing")
     parser.add_argument("--tune-split", choices=("tune", "train"), default="tune",
                         help="prompts tuned on: held-out combinations disjoint from the "
                              "evaluation prompts (default), or the base model's training split")
@@ -418,28 +536,35 @@ def main(argv: list[str]) -> int:
                         help="the MI estimator of the arms: re-noising with the point-wise "
                              "standard form (default), or the paper's trajectory estimator")
     args = parser.parse_args(argv)
+    if args.power:
+        return print_power(args.power)
+    if args.replicates < 1:
+        raise MituneError(f"--replicates {args.replicates}: run at least 1")
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    unknown = set(arms) - set(ARMS)
+    if unknown or not arms:
+        raise MituneError(f"--arms {args.arms!r} names unknown arms {sorted(unknown)}; "
+                          f"use some of {', '.join(ARMS)}")
     scale = QUICK if args.quick else Scale()
     flags = {"tune_split": args.tune_split, "mi": args.mi} | (
         {"rounds": args.rounds} if args.rounds else {})
-    # --scale comes last: `--scale mi=paper` must not be undone by --mi's default.
-    scale = Scale(**(asdict(scale) | flags | scale_changes(args.scale)))
+    # FIELD=VALUE comes last: `mi=paper` must not be undone by --mi's default.
+    scale = Scale(**(asdict(scale) | flags | scale_changes(args.scale + args.changes)))
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
+    store = Store(args.out)
     if not args.skip_agreement:
         result["agreement"] = agreement(args.model, scale)
     if not args.skip_mitune:
-        arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-        unknown = set(arms) - set(ARMS)
-        if unknown:
-            from mitune_ray.errors import MituneError
-
-            raise MituneError(f"--arms {args.arms!r} names unknown arms {sorted(unknown)}; "
-                              f"use some of {', '.join(ARMS)}")
-        result["mitune"] = mitune_arms(args.model, args.out, scale, args.quick, arms=arms)
-    store = Store(args.out)
-    store.write_json("shapes-bench.json", result)
+        result["mitune"] = mitune_series(
+            args.model, args.out, scale, args.quick, arms=arms, replicates=args.replicates,
+            save=lambda series: store.write_json(RESULTS, result | {"mitune": series}))
+    store.write_json(RESULTS, result)
     if "mitune" in result:
         store.write_bytes("shapes-bench.svg", svg_plot(result).encode())
-    print(json.dumps(result, indent=2, default=str))
-    print(f"results written to {store.child_uri('shapes-bench.json')}")
+    shown = {k: v for k, v in result.items() if k != "mitune"}
+    if "mitune" in result:  # the statistics; the per-run, per-prompt tables are in the file
+        shown["mitune"] = {k: result["mitune"][k] for k in ("arms", "statistics", "power")}
+    print(json.dumps(shown, indent=2, default=str))
+    print(f"results written to {store.child_uri(RESULTS)}")
     return 0
