@@ -8,6 +8,7 @@ and offers one method per kind of measurement. `default_plan` is what a bare `mi
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -17,9 +18,11 @@ from mitune_ray import registry
 from mitune_ray.bench.archs import REAL_ARCHS, Arch, folder_arch, load_arch, tiny_arch
 from mitune_ray.bench.flops import FlopCount, forward_flops, matmul_peak
 from mitune_ray.bench.generate_timing import Workload, mi_overhead, time_generation
-from mitune_ray.bench.recorder import Recorder
+from mitune_ray.bench.recorder import Measurement, Recorder
 from mitune_ray.bench.recorder import count as fmt_count
-from mitune_ray.bench.train_timing import TrainWorkload, time_training
+from mitune_ray.bench.train_timing import (
+    LayerWorkload, TrainWorkload, time_dora_layer, time_training,
+)
 from mitune_ray.levers import Levers
 
 # The project's reference per-image forward TFLOPs (its hardware notes, ENVIRONMENT.md, which is not
@@ -148,12 +151,44 @@ class Bench:
                 results[name] = m
         _speedups(results)
 
-    def train(self, arch: Arch, work: TrainWorkload) -> None:
+    def train(self, arch: Arch, work: TrainWorkload) -> Measurement:
         flops, peak = self.flops(arch), self.peak()
-        tag = ("dora" if work.dora else "lora") + ("+ckpt" if work.gradient_checkpointing else "")
-        self.rec.run(f"train/{arch.name}/{tag}-b{work.batch}", "train", lambda: {
+        return self.rec.run(_train_name(arch, work), "train", lambda: {
             "arch": arch.name, **time_training(arch, work, self.device, flops=flops,
                                                peak_tflops=peak)})
+
+    def dora_vs_peft(self, arch: Arch, work: TrainWorkload) -> None:
+        """The fused DoRA's training speed over peft's DoRA forward, timed in this run. On a GPU
+        one round, reusing an earlier fused timing of the same workload; on a CPU (a shared
+        machine) three rounds (one with --quick), fused and peft alternating, and the median of
+        their ratios."""
+        fused_work = replace(work, dora=True, dora_impl="fused")
+        peft_work = replace(fused_work, dora_impl="peft")
+        gpu = self.device.type == "cuda"
+        earlier = self.rec.find(_train_name(arch, fused_work)) if gpu else None
+
+        def run() -> dict:
+            pairs = []
+            for i in range(1 if gpu or self.args.quick else 3):
+                fused = (earlier.values if earlier and i == 0
+                         else time_training(arch, fused_work, self.device))
+                peft = time_training(arch, peft_work, self.device)
+                pairs.append((fused["samples_per_s"], peft["samples_per_s"], peft))
+            ratio = statistics.median(a / b for a, b, _ in pairs)
+            a = statistics.median(p[0] for p in pairs)
+            b = statistics.median(p[1] for p in pairs)
+            return {"arch": arch.name, "throughput_ratio": ratio, "fused_samples_per_s": a,
+                    "peft_samples_per_s": b, "rounds": len(pairs), "batch": work.batch,
+                    "peft_peak_mem_mib": pairs[-1][2]["peak_mem_mib"],
+                    "notes": f"fused DoRA x{ratio:.2f} vs peft's ({a:.3g} vs {b:.3g} samples/s)"}
+
+        tag = "dora-fused-vs-peft" + ("+ckpt" if work.gradient_checkpointing else "")
+        self.rec.run(f"train/{arch.name}/{tag}-b{work.batch}", "train", run)
+
+    def dora_layer(self) -> None:
+        work = LayerWorkload.for_device(self.device, quick=self.args.quick)
+        self.rec.run(f"train/dora-layer/{work.features}-t{work.tokens}-b{work.batch}", "train",
+                     lambda: time_dora_layer(work, self.device))
 
     def mi_overhead(self, arch: Arch, work: Workload, *, repeats: int | None = None) -> None:
         repeats = self.args.repeats or repeats or (2 if self.args.quick else 8)
@@ -216,6 +251,12 @@ class Bench:
                              gradient_checkpointing=a.grad_checkpointing, dora=not a.lora)
 
 
+def _train_name(arch: Arch, work: TrainWorkload) -> str:
+    kind = "lora" if not work.dora else ("dora" if work.dora_impl == "fused" else "dora-peft")
+    tag = kind + ("+ckpt" if work.gradient_checkpointing else "")
+    return f"train/{arch.name}/{tag}-b{work.batch}"
+
+
 def _short(model: str) -> str:
     """A model location as a measurement name: 'tiny:sd', or a folder's last part."""
     return model if ":" in model.split("/")[0] else model.rstrip("/").rsplit("/", 1)[-1]
@@ -248,7 +289,9 @@ MODES = ("peak", "flops", "mi_overhead", "generate", "train", "prune", "ray")
 def default_plan(bench: Bench) -> None:
     """The modes asked for, or for a bare `mitune bench`: on a CPU the tiny-model checks (matmul
     peak, FLOPs of the real architectures, MI overhead, reference style vs ours, a DoRA step,
-    pruning, Ray Data vs one process); on a GPU generation and training at the real sizes."""
+    pruning, Ray Data vs one process); on a GPU generation and training at the real sizes. A DoRA
+    training timing comes with peft's DoRA forward timed in the same run, their ratio, and one
+    adapted SD-XL-sized layer alone (LoRA, peft's DoRA, the fused DoRA)."""
     a = bench.args
     cpu_default = bench.device.type == "cpu" and bench.tiny
     modes = [m for m in MODES if getattr(a, m)]
@@ -273,7 +316,12 @@ def default_plan(bench: Bench) -> None:
     if "train" in modes:
         for arch in archs:
             tiny = arch.name.startswith("tiny-")
-            bench.train(arch, bench.train_workload(batch=4 if tiny else None))
+            work = bench.train_workload(batch=4 if tiny else None)
+            bench.train(arch, work)
+            if work.dora:
+                bench.dora_vs_peft(arch, work)
+        if not a.lora:
+            bench.dora_layer()
     if "prune" in modes:
         bench.prune()
     if "ray" in modes:
@@ -284,8 +332,9 @@ def gpu_suite(bench: Bench) -> None:
     """The one-GPU run, in order of value, each step skipped if the budget is spent or memory runs
     out: matmul peak; FLOPs; SD-2.1 bf16 eager and reference style (2 prompts x 16 candidates x 20
     steps); SD-XL and SD3.5 eager (8 candidates x 10 steps); SD-XL DoRA batch 8 with gradient
-    checkpointing; SD-2.1 compiled; then, budget permitting, SD-XL plain LoRA, SD-2.1 fused QKV and
-    channels-last, SD-XL and SD3.5 compiled, SD-2.1's MI overhead."""
+    checkpointing (the fused DoRA); SD-2.1 compiled; then, budget permitting, SD-XL plain LoRA,
+    SD-XL with peft's DoRA forward (the fused one's ratio over it) and one adapted layer alone,
+    SD-2.1 fused QKV and channels-last, SD-XL and SD3.5 compiled, SD-2.1's MI overhead."""
     a, quick = bench.args, bench.args.quick
     sd, sdxl, sd3 = (bench.arch(f) for f in FAMILY_ORDER)
     small = Workload(prompts=1, candidates=4, steps=3, batch=4)
@@ -302,6 +351,8 @@ def gpu_suite(bench: Bench) -> None:
     bench.train(sdxl, train)
     bench.generate(sd, sd_work, eager=False, variants=[{"compile": True}])
     bench.train(sdxl, replace(train, dora=False))
+    bench.dora_vs_peft(sdxl, train)
+    bench.dora_layer()
     bench.generate(sd, sd_work, eager=False, variants=[{"fuse_qkv": True}, {"channels_last": True}])
     bench.generate(sdxl, big_work, eager=False, variants=[{"compile": True}])
     bench.generate(sd3, big_work, eager=False, variants=[{"compile": True}])

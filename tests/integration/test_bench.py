@@ -56,6 +56,16 @@ def test_cpu_bench_writes_every_measurement_with_positive_numbers(cpu_bench):
                                                     / ray["per_actors"]["1"]["stage_s"])
 
 
+def test_fused_and_peft_dora_are_timed_in_the_same_run(cpu_bench):
+    _, by_name = cpu_bench
+    model = by_name["train/tiny-sd/dora-fused-vs-peft-b4"]["values"]
+    assert model["rounds"] == 1 and model["fused_samples_per_s"] > 0  # --quick: one round
+    assert model["peft_samples_per_s"] > 0 and model["throughput_ratio"] > 0
+    layer = by_name["train/dora-layer/1280-t256-b1"]["values"]
+    assert min(layer["lora_ms"], layer["peft_ms"], layer["fused_ms"]) > 0
+    assert layer["throughput_ratio"] == pytest.approx(layer["peft_ms"] / layer["fused_ms"])
+
+
 def test_baseline_runs_in_the_same_run_and_reports_the_speed_up(cpu_bench):
     _, by_name = cpu_bench
     ref = by_name["generate/tiny-sd/reference-fp32"]["values"]
@@ -88,7 +98,8 @@ def test_gpu_suite_code_paths_run_on_a_cpu_with_tiny_models(tmp_path):
                 "generate/tiny-sd/fp32+compile", "generate/tiny-sd/fp32+fuse-qkv",
                 "generate/tiny-sd/fp32+channels-last", "generate/tiny-sdxl/fp32",
                 "generate/tiny-sd3/fp32", "generate/tiny-sdxl/fp32+compile",
-                "train/tiny-sdxl/dora+ckpt-b2", "train/tiny-sdxl/lora+ckpt-b2"}
+                "train/tiny-sdxl/dora+ckpt-b2", "train/tiny-sdxl/lora+ckpt-b2",
+                "train/tiny-sdxl/dora-fused-vs-peft+ckpt-b2", "train/dora-layer/1280-t256-b1"}
     assert expected <= set(by_name)
     compiled = by_name["generate/tiny-sd/fp32+compile"]["values"]
     assert compiled["speedup_vs_reference"] > 0 and compiled["speedup_vs_eager"] > 0
