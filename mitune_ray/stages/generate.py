@@ -29,6 +29,7 @@ from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.faults import maybe_fail
 from mitune_ray.imaging import png_bytes
 from mitune_ray.models import ModelSpec, load_model
+from mitune_ray.progress import ProgressFactory, silent_progress
 from mitune_ray.records import (
     gallery_table, pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
 )
@@ -158,9 +159,12 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
                    prompts: Store, shards: list[str], out: Store, split: str = "train",
                    gpus_per_actor: float | None = None, expected_prompts: int | None = None,
                    exclude: frozenset[str] = frozenset(), gallery: frozenset[str] = frozenset(),
-                   with_tensors: bool = True, log=print) -> GenerationSummary:
+                   with_tensors: bool = True, log=print,
+                   progress: ProgressFactory = silent_progress, label: str = "generate"
+                   ) -> GenerationSummary:
     """Run (or resume) one round's generation over the prompt `shards` (paths under `prompts`),
-    skipping prompts already done and those in `exclude` (evaluation prompts).
+    skipping prompts already done and those in `exclude` (evaluation prompts). `progress` shows
+    the prompts done as batches come back (`mitune_ray.progress`), under `label`.
 
     Example:
         >>> generate_round(model=ModelSpec("tiny:sd"), gen=GenerateSection(candidates=4),
@@ -212,12 +216,15 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
     n_prompts = n_candidates = 0
     best: list[float] = []
     actors: set[str] = set()
+    remaining = None if expected_prompts is None else expected_prompts - len(done)
     try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            n_prompts += batch.num_rows
-            n_candidates += sum(batch.column("candidates").to_pylist())
-            best += batch.column("mi_best").to_pylist()
-            actors |= set(batch.column("actor").to_pylist())
+        with progress(label, remaining, "prompts") as bar:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                n_prompts += batch.num_rows
+                n_candidates += sum(batch.column("candidates").to_pylist())
+                best += batch.column("mi_best").to_pylist()
+                actors |= set(batch.column("actor").to_pylist())
+                bar.update(n_prompts, detail=f"{n_candidates} candidates")
     except Exception as exc:
         user = user_error_in(exc)  # e.g. a model folder an actor could not load
         if user is not None:
