@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from peft.tuners.lora.dora import DoraLinearLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
@@ -53,12 +55,19 @@ def weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor
     ||W_i||^2 and two corrections that are small while B A stays a perturbation of W.
     """
     dtype = _accumulation(weight.dtype)
-    with torch.autocast(weight.device.type, enabled=False):
+    with _no_autocast(weight.device.type):
         w, a, b = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype)
         # n_i^2 = ||W_i||^2 + B_i . (2 s W A^T + s^2 B A A^T)_i
         rows = torch.addmm(w @ a.T, b, a @ a.T, beta=2 * scaling, alpha=scaling * scaling)
         squares = torch.linalg.vector_norm(w, dim=1).square_() + torch.linalg.vecdot(b, rows)
         return squares.clamp_min_(0).sqrt_()
+
+
+def _no_autocast(device_type: str):
+    """Autocast off where it is on (it would run the products in bf16); nothing otherwise."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _accumulation(*dtypes: torch.dtype) -> torch.dtype:
@@ -82,7 +91,7 @@ class DoraScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, result, lora, k, bias, scaling: float):
-        with torch.autocast(result.device.type, enabled=False):
+        with _no_autocast(result.device.type):
             z = torch.add(result, lora, alpha=scaling)
             if bias is not None:
                 z.sub_(bias)
@@ -101,21 +110,21 @@ class DoraScale(torch.autograd.Function):
         z, k = ctx.saved_tensors
         need_result, need_lora, need_k, need_bias, _ = ctx.needs_input_grad
         grad_result = grad_lora = grad_k = grad_bias = None
-        with torch.autocast(grad.device.type, enabled=False):
-            if need_result or need_lora:
-                grad_z = torch.empty_like(grad)
-                torch.mul(grad, k, out=grad_z)
-                grad_result = grad_z if need_result else None
-                if need_lora:
-                    grad_lora = grad_z if ctx.scaling == 1 else grad_z * ctx.scaling
-            if need_k:
-                products = torch.empty(grad.shape, dtype=_accumulation(grad.dtype, z.dtype),
-                                       device=grad.device)
-                torch.mul(grad, z, out=products)
-                grad_k = products.sum(_all_but_last(grad)).to(k.dtype)
-            if need_bias and ctx.has_bias:
-                total = grad.sum(_all_but_last(grad), dtype=_accumulation(grad.dtype))
-                grad_bias = (1 - k.to(total.dtype)) * total
+        # Backward runs outside autocast (and none of these ops is one autocast changes).
+        if need_result or need_lora:
+            grad_z = torch.empty_like(grad)
+            torch.mul(grad, k, out=grad_z)
+            grad_result = grad_z if need_result else None
+            if need_lora:
+                grad_lora = grad_z if ctx.scaling == 1 else grad_z * ctx.scaling
+        if need_k:
+            products = torch.empty(grad.shape, dtype=_accumulation(grad.dtype, z.dtype),
+                                   device=grad.device)
+            torch.mul(grad, z, out=products)
+            grad_k = products.sum(_all_but_last(grad)).to(k.dtype)
+        if need_bias and ctx.has_bias:
+            total = grad.sum(_all_but_last(grad), dtype=_accumulation(grad.dtype))
+            grad_bias = (1 - k.to(total.dtype)) * total
         return grad_result, grad_lora, grad_k, grad_bias, None
 
 
