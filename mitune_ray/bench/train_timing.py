@@ -119,7 +119,7 @@ class LayerWorkload:
     def for_device(cls, device: torch.device, *, quick: bool = False) -> LayerWorkload:
         if device.type == "cuda":
             return cls(repeats=2) if quick else cls()
-        return cls(tokens=256, batch=1, repeats=2, steps=2) if quick else cls(batch=1, repeats=3)
+        return cls(tokens=256, batch=1, repeats=2, steps=2) if quick else cls(batch=1)
 
 
 def _adapted_layer(work: LayerWorkload, device: torch.device, base_dtype: torch.dtype,
