@@ -283,16 +283,6 @@ def test_bad_selected_sets_are_one_line_errors_before_training(tiny_folder, tmp_
 
 # -- training on a Ray cluster -----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster(s3_server):
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
-
-
 def check_trained(result: TrainResult, out: Store, family, tiny_folder, tmp_path) -> None:
     """What every training must show: fewer fixed-batch losses, safetensors-only DeepSpeed
     state, and a DoRA adapter that loads into a fresh pipeline and changes its output."""
