@@ -127,8 +127,9 @@ class GenerateSection(Section):
     # bundled ShapesWorld model, none otherwise.
     pool_metric: Literal["auto", "none", "shapes"] = "auto"
     # What ranks the candidates: MI (MI-TUNE), or the controls of the ShapesWorld benchmark:
-    # random (a seeded draw) and checker (the exact ShapesWorld checker: an oracle upper bound).
-    select_by: Literal["mi", "random", "checker"] = "mi"
+    # random (a seeded draw), checker (the exact ShapesWorld checker: an oracle upper bound) and
+    # anti (the checker reversed: the least correct candidates, an anti-oracle lower bound).
+    select_by: Literal["mi", "random", "checker", "anti"] = "mi"
     # Throughput levers (see `mitune bench`): measured one at a time, off unless they pay.
     compile: bool = False  # torch.compile the denoiser (warm-up per batch size, cache per node)
     fuse_qkv: bool = False  # one matmul for Q, K and V (after adapters are fused)
@@ -143,6 +144,9 @@ class GenerateSection(Section):
                 "keep at most as many as are generated"
             )
         return self
+
+
+DoraImpl = Literal["fused", "peft"]
 
 
 class TrainSection(Section):
@@ -164,6 +168,9 @@ class TrainSection(Section):
     zero_stage: int = Field(2, ge=0, le=3)  # DeepSpeed ZeRO stage
     offload_optimizer: bool = False  # ZeRO optimizer states on the host
     gradient_checkpointing: bool = False
+    # DoRA's forward: fused (mitune_ray/training/dora.py: peft's outputs and gradients without
+    # the per-step full weight product) or peft's own. Both export the same adapter file.
+    dora_impl: DoraImpl = "fused"
     workers: int = Field(1, ge=1)  # Ray Train workers (one GPU each when use_gpu)
     use_gpu: bool | None = None  # None: if the cluster has GPUs
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -211,6 +218,23 @@ class RaySection(Section):
     num_cpus: int | None = Field(None, ge=1)  # local cluster only
 
 
+class TrackingSection(Section):
+    # Where per-step training metrics go besides the run's own table (round-00r/train/
+    # metrics.jsonl, always written) and Ray Train's reports; neither changes what a run computes.
+    tensorboard: bool = False  # TensorBoard event files, one folder per round
+    tensorboard_dir: str | None = None  # None: each round's train/tensorboard/; else DIR/train-round-00r
+    # None: off. A folder (a local SQLite store DIR/mlflow.db), sqlite:///..., http(s)://...
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = Field("mitune", min_length=1)
+
+    @model_validator(mode="after")
+    def _dir_needs_tensorboard(self):
+        if self.tensorboard_dir and not self.tensorboard:
+            raise ValueError("tracking.tensorboard_dir is set but tracking.tensorboard is false; "
+                             "set tracking.tensorboard=true to write event files there")
+        return self
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -221,6 +245,7 @@ class Config(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     storage: StorageSection = Field(default_factory=StorageSection)
     ray: RaySection = Field(default_factory=RaySection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -228,18 +253,129 @@ class Config(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def fingerprint(self, sections: tuple[str, ...] | None = None) -> str:
-        """A hash of the settings that determine a run's results (not where it runs)."""
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine a run's results, as nested dicts (what `fingerprint`
+        hashes): everything in `model`, `prompts`, `generate`, `mi`, `train` and `run`, less
+        where and how it runs (`PLACEMENT`), with train.grad_accum and train.workers folded into
+        the effective batch they make (`effective_batch`).
+
+        Left out as well: evaluation settings (they never change what a round trains, so a run
+        can be evaluated later with other metrics), and the number of rounds (round r is the same
+        in a run of 3 or of 5, so `run.rounds=5` on a finished run resumes at round 4).
+
+            >>> a = load_config(None, ["train.grad_accum=50"])
+            >>> b = load_config(None, ["train.grad_accum=25", "train.workers=2", "generate.actors=8"])
+            >>> a.identity()["train"]["effective_batch"], a.fingerprint() == b.fingerprint()
+            (400, True)
+        """
         data = self.to_dict()
-        # Evaluation settings are left out: they never change what a round trains, so a run can
-        # be evaluated later with other metrics without being refused as a different run. So is
-        # the number of rounds: round r is the same in a run of 3 or of 5, so a finished run can
-        # be extended (`run.rounds=5` on the same run.uri) and resumes at round 4.
-        keep = sections or ("model", "prompts", "generate", "mi", "train")
-        data = {k: data[k] for k in keep}
-        data["run"] = {k: v for k, v in self.run.model_dump().items()
-                       if k not in ("allow_config_change", "evaluate", "uri", "rounds")}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        out = {name: section_identity(name, data[name]) for name in IDENTITY_SECTIONS}
+        out["run"] = {k: v for k, v in data["run"].items() if k not in RUN_OUTSIDE_IDENTITY}
+        return out
+
+    def fingerprint(self) -> str:
+        """A hash of the settings that determine a run's results (`identity`), not of where and
+        how it runs: a run resumes under another fingerprint only with run.allow_config_change."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# What a run's identity (`Config.identity`, `Config.fingerprint`) leaves out: settings of where
+# and how the work runs, which a resumed run may change (docs/configuration.md, elastic resume).
+# Batch sizes and throughput levers change float rounding only (seeds derive from the prompt and
+# candidate, not the batch); train.workers comes with the effective batch (`keep_effective_batch`).
+# train.zero_stage and offload_optimizer stay in: they change the layout of DeepSpeed's states.
+PLACEMENT = (
+    "generate.actors", "generate.gpus_per_actor", "generate.cpus_per_actor", "generate.max_batch",
+    "generate.prompts_per_batch", "generate.compile", "generate.fuse_qkv",
+    "generate.channels_last",
+    "train.use_gpu", "train.cpus_per_worker", "train.gradient_checkpointing", "train.dora_impl",
+    "train.max_failures",
+)
+IDENTITY_SECTIONS = ("model", "prompts", "generate", "mi", "train")
+RUN_OUTSIDE_IDENTITY = ("allow_config_change", "evaluate", "uri", "rounds")
+
+
+def section_identity(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """One section's part of `Config.identity` (its keys as a dict, e.g. a stored one): less
+    `PLACEMENT`, and for `train` grad_accum and workers as their effective batch.
+
+        >>> section_identity("train", {"lr": 1e-4, "batch_size": 8, "grad_accum": 25, "workers": 2})
+        {'lr': 0.0001, 'batch_size': 8, 'effective_batch': 400}
+    """
+    out = {k: v for k, v in values.items() if f"{name}.{k}" not in PLACEMENT}
+    if name == "train" and out.get("grad_accum") is not None:  # unset: a family default, as is
+        out["effective_batch"] = out["batch_size"] * out.pop("grad_accum") * out.pop("workers")
+    return out
+
+
+def effective_batch(train: TrainSection) -> int | None:
+    """Samples per optimizer step: batch_size x grad_accum x workers (None: grad_accum unset)."""
+    return None if train.grad_accum is None else train.batch_size * train.grad_accum * train.workers
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def stored_config(data: Any) -> Config | None:
+    """A config stored in a run's manifest, read by this version's rules (None: it no longer
+    validates, e.g. written by an older version with keys since removed)."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def identity_changes(old: Config, new: Config) -> list[str]:
+    """What differs between two configs' identities, as `key: old -> new` (sorted by key).
+
+        >>> old, new = load_config(None, ["train.lr=1e-4"]), load_config(None, ["train.lr=2e-4"])
+        >>> identity_changes(old, new)
+        ['train.lr: 0.0001 -> 0.0002']
+    """
+    a, b = _flatten(old.identity()), _flatten(new.identity())
+    return [f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
+            for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
+def keep_effective_batch(cfg: Config, stored: Config) -> tuple[Config, str | None]:
+    """A resumed run with another train.workers keeps its effective batch (batch_size x
+    grad_accum x workers): grad_accum is scaled to match where it divides, and a one-line error
+    names the values and the fix where it does not. Returns the config and a line saying what
+    changed (None: nothing). Where grad_accum or batch_size changed too, the config is returned
+    as it is: its identity differs, and the run refuses it (`Manifest.create_or_check`).
+
+        >>> stored = load_config(None, ["train.grad_accum=50"])
+        >>> two = load_config(None, ["train.grad_accum=50", "train.workers=2"])
+        >>> cfg, note = keep_effective_batch(two, stored)
+        >>> cfg.train.grad_accum, note
+        (25, 'train.workers 1 -> 2: train.grad_accum 50 -> 25 keeps 400 samples per optimizer step')
+    """
+    old, new = stored.train, cfg.train
+    if (new.workers == old.workers or None in (old.grad_accum, new.grad_accum)
+            or new.grad_accum != old.grad_accum or new.batch_size != old.batch_size):
+        return cfg, None
+    want = effective_batch(old)
+    per_step = new.batch_size * new.workers
+    if want % per_step:
+        counts = [w for w in range(1, want // new.batch_size + 1)
+                  if (want // new.batch_size) % w == 0]
+        raise MituneError(
+            f"train.workers={new.workers} cannot keep this run's {want} samples per optimizer step "
+            f"(train.batch_size={old.batch_size} x train.grad_accum={old.grad_accum} x "
+            f"train.workers={old.workers}): {want} is not a multiple of {new.batch_size} x "
+            f"{new.workers}; use train.workers={' or '.join(map(str, counts))}, or pass "
+            f"run.allow_config_change=true to go on with {effective_batch(new)} samples per step")
+    accum = want // per_step
+    return (cfg.model_copy(update={"train": new.model_copy(update={"grad_accum": accum})}),
+            f"train.workers {old.workers} -> {new.workers}: train.grad_accum {new.grad_accum} -> "
+            f"{accum} keeps {want} samples per optimizer step")
 
 
 def _format_error(err: ValidationError, sources: dict[str, str]) -> str:

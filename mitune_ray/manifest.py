@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mitune_ray import __version__
+from mitune_ray.config import identity_changes, stored_config
 from mitune_ray.errors import MituneError
 from mitune_ray.layout import MANIFEST
 from mitune_ray.storage import Store
@@ -83,7 +84,7 @@ class Manifest:
         self._data: dict[str, Any] = store.read_json(MANIFEST) if store.exists(MANIFEST) else {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pending_config: dict[str, Any] | None = None
+        self._pending_config: tuple[dict[str, Any], str] | None = None  # (config, fingerprint)
 
     @property
     def exists(self) -> bool:
@@ -99,8 +100,13 @@ class Manifest:
     # -- creation and config --------------------------------------------------------------------
 
     def create_or_check(self, config: dict, fingerprint: str, *, allow_change: bool) -> None:
-        """Create the manifest, or refuse to resume a run stored with another config (another
-        fingerprint); settings outside the fingerprint replace the stored ones."""
+        """Create the manifest, or refuse to resume a run stored with settings that change its
+        results (another fingerprint), naming them; settings outside the fingerprint (where and
+        how it runs, more rounds, evaluation) replace the stored ones.
+
+        The stored config's fingerprint is computed again by this version's rules
+        (`config.Config.fingerprint`), so a run started by an older version resumes unless its
+        results would differ."""
         with self._lock:
             if not self._data:
                 self._data = {"config": config, "fingerprint": fingerprint,
@@ -108,22 +114,29 @@ class Manifest:
                               "stages": {}, "lease": None}
                 self._write()
                 return
-            stored = self._data.get("fingerprint")
+            before = stored_config(self._data.get("config"))
+            stored = before.fingerprint() if before is not None else self._data.get("fingerprint")
             if stored != fingerprint and not allow_change:
+                now = stored_config(config)
+                changes = identity_changes(before, now) if before and now else []
+                what = (", ".join(changes) if changes
+                        else f"fingerprint {stored}, now {fingerprint}")
                 raise MituneError(
-                    f"the run at {self.store.uri} was started with a different config "
-                    f"(fingerprint {stored}, now {fingerprint}); use another run.uri, or pass "
-                    "run.allow_config_change=true to resume it with the new settings")
+                    f"the run at {self.store.uri} was started with other settings that change its "
+                    f"results ({what}); use another run.uri, or pass run.allow_config_change=true "
+                    "to resume it with the new settings")
             if stored != fingerprint:
-                self._data.setdefault("config_history", []).append(
-                    {"fingerprint": stored, "config": self._data.get("config")})
+                self._data.setdefault("config_history", []).append({
+                    "fingerprint": self._data.get("fingerprint"),
+                    "config": self._data.get("config")})
                 self._data.update(config=config, fingerprint=fingerprint)
                 self._write()
-            elif self._data.get("config") != config:
-                # Settings outside the fingerprint (more rounds, other evaluation metrics) become
-                # the stored config, so `mitune status` counts the new rounds; written once the
-                # lease is held, never over the manifest of a driver still running.
-                self._pending_config = config
+            elif self._data.get("config") != config or self._data.get("fingerprint") != fingerprint:
+                # Settings outside the fingerprint (more rounds, other evaluation metrics, other
+                # worker counts) become the stored config, so `mitune status` counts the new
+                # rounds; written once the lease is held, never over the manifest of a driver
+                # still running.
+                self._pending_config = config, fingerprint
 
     # -- the lease ------------------------------------------------------------------------------
 
@@ -140,7 +153,8 @@ class Manifest:
             self._data["lease"] = {"owner": self.owner, "host": socket.gethostname(),
                                    "pid": os.getpid(), "heartbeat": time.time()}
             if self._pending_config is not None:
-                self._data["config"], self._pending_config = self._pending_config, None
+                self._data["config"], self._data["fingerprint"] = self._pending_config
+                self._pending_config = None
             self._write()
         # Two drivers starting together both write; the later write wins. Check who won.
         time.sleep(0.5)

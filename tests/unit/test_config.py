@@ -2,7 +2,9 @@
 
 import pytest
 
-from mitune_ray.config import Config, load_config, parse_override
+from mitune_ray.config import (
+    Config, identity_changes, keep_effective_batch, load_config, parse_override,
+)
 from mitune_ray.errors import MituneError
 
 
@@ -74,3 +76,41 @@ def test_fingerprint_tracks_results_not_location_or_evaluation():
     longer = load_config(None, ["run.rounds=5"])  # extending a run: round r does not change
     assert longer.fingerprint() == a.fingerprint()
     assert load_config(None, ["run.chaining=continue"]).fingerprint() != a.fingerprint()
+
+
+def test_fingerprint_leaves_out_where_and_how_the_work_runs():
+    base = load_config(None, ["train.grad_accum=50"])
+    moved = load_config(None, [
+        "train.grad_accum=25", "train.workers=2", "generate.actors=16", "generate.max_batch=8",
+        "generate.prompts_per_batch=2", "generate.cpus_per_actor=4", "generate.gpus_per_actor=1",
+        "generate.compile=true", "train.cpus_per_worker=8", "train.use_gpu=true",
+        "train.gradient_checkpointing=true", "train.max_failures=5", "ray.num_cpus=64",
+        "storage.region=eu-west-1"])
+    assert moved.fingerprint() == base.fingerprint()
+    assert moved.identity()["train"]["effective_batch"] == 400
+    for results in ("train.lr=2e-4", "train.steps=10", "train.seed=1", "generate.seed=1",
+                    "model.path=tiny:sd", "prompts.train=[a.txt]", "mi.estimator=trajectory",
+                    "train.grad_accum=10", "train.batch_size=4", "train.zero_stage=3"):
+        other = load_config(None, ["train.grad_accum=50", results] + (
+            ["mi.form=orthogonal"] if "trajectory" in results else []))
+        assert other.fingerprint() != base.fingerprint(), results
+        assert identity_changes(base, other), results
+
+
+def test_other_worker_counts_keep_the_effective_batch_or_are_refused_in_one_line():
+    stored = load_config(None, ["train.grad_accum=50"])  # 8 x 50 x 1 = 400
+    cfg, note = keep_effective_batch(load_config(None, ["train.grad_accum=50", "train.workers=5"]),
+                                     stored)
+    assert (cfg.train.grad_accum, cfg.train.workers) == (10, 5) and "50 -> 10" in note
+    assert cfg.fingerprint() == stored.fingerprint()
+    same = load_config(None, ["train.grad_accum=25", "train.workers=2"])  # the job files' tip
+    assert keep_effective_batch(same, stored) == (same, None)
+    with pytest.raises(MituneError) as err:
+        keep_effective_batch(load_config(None, ["train.grad_accum=50", "train.workers=3"]), stored)
+    message = str(err.value)
+    assert "\n" not in message and "train.workers=3" in message and "400" in message
+    assert "use train.workers=1 or 2 or 5 or 10 or 25 or 50" in message
+    # A changed grad_accum or batch size is a change of results: left for the manifest to refuse.
+    other = load_config(None, ["train.grad_accum=10", "train.workers=2"])
+    assert keep_effective_batch(other, stored) == (other, None)
+    assert other.fingerprint() != stored.fingerprint()

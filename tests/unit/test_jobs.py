@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mitune_ray.config import load_config
+from mitune_ray.config import effective_batch, keep_effective_batch, load_config
 from mitune_ray.prompts import BUNDLED_PREFIX, BUNDLED_PROMPTS, bundled_prompt_names, resolve_bundled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,6 +161,20 @@ def test_training_keeps_the_reference_effective_batch(path):
     t = cfg.train
     assert t.batch_size * t.grad_accum * t.workers == EFFECTIVE_BATCH[cfg.model.family]
     assert (t.rank, t.zero_stage) == (32, 2)
+
+
+def test_the_tips_on_worker_counts_keep_the_effective_batch():
+    # e.g. "to use 2 GPUs at the same effective batch: train.workers=2 train.grad_accum=25": true
+    # for a new run, and a resumed run given the worker count alone gets that grad_accum.
+    tips = [(path, int(w), int(a)) for path in JOB_FILES for w, a in
+            re.findall(r"train\.workers=(\d+) train\.grad_accum=(\d+)", path.read_text())]
+    assert tips
+    for path, workers, accum in tips:
+        job = load_config(path)
+        tip = load_config(path, [f"train.workers={workers}", f"train.grad_accum={accum}"])
+        assert effective_batch(tip.train) == effective_batch(job.train), path.name
+        resumed, _ = keep_effective_batch(load_config(path, [f"train.workers={workers}"]), job)
+        assert resumed.train.grad_accum == accum and resumed.fingerprint() == job.fingerprint()
 
 
 @pytest.mark.parametrize("name", ["sd21_base_compbench.yaml", "sd21_base_compbench_paper.yaml"])
