@@ -1,7 +1,8 @@
 """`mitune`: the command line.
 
     mitune run [CONFIG.yaml] [key=value ...]     a whole run (no config: the built-in demo)
-    mitune config show [CONFIG.yaml] [key=value ...]
+    mitune config show [CONFIG.yaml] [key=value ...] | mitune config show RUN
+    mitune plan [CONFIG.yaml] [key=value ...]    the work and GPU-hours, before anything runs
     mitune generate [CONFIG] --round N [k=v]     one round's generation stage
     mitune train [CONFIG] --round N [k=v]        one round's fine-tuning stage
     mitune score --images PATH --out URI [CONFIG] [k=v]
@@ -10,6 +11,7 @@
     mitune eval RUN_URI [--guidance G] | mitune report RUN_URI [--out DIR]
     mitune prompts list|dir                      the bundled prompt lists: names / folder
     mitune bench [...] | mitune shapes train|bench|pool [...]
+    mitune --verbose COMMAND ...                 Ray's own progress and logs, workers' output
 
 Bad input ends with one line on stderr and exit status 2; nothing is committed.
 """
@@ -23,8 +25,13 @@ from importlib import resources
 
 from mitune_ray import __version__, shapes
 from mitune_ray.errors import MituneError
+from mitune_ray.layout import MANIFEST
+from mitune_ray.runtime import configure_console
+from mitune_ray.runtime import verbose as runtime_verbose
+from mitune_ray.storage import is_s3
 
 DEMO = "demo.yaml"
+VERBOSE_FLAGS = ("-v", "--verbose")  # global: before the command (`mitune --verbose run`)
 
 
 def _config(args) -> "Config":  # noqa: F821 - imported lazily to keep --help fast
@@ -40,10 +47,20 @@ def _config(args) -> "Config":  # noqa: F821 - imported lazily to keep --help fa
     return load_config(path, args.overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
-    p.add_argument("config", nargs="?", help="YAML config" + (" (default: the demo)" if demo else ""))
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.rounds=2")
+def _add_config_args(p: argparse.ArgumentParser, *, demo: bool = False,
+                     config_help: str | None = None) -> None:
+    p.add_argument("config", nargs="?", metavar="CONFIG", help=config_help or (
+        "YAML config file" + (" (default: the built-in demo, mitune_ray/assets/demo.yaml)"
+                              if demo else " (default: the library defaults)")))
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, section.key=value, e.g. run.rounds=2 or "
+                        "prompts.train=[a.txt,b.txt]")
     p.set_defaults(demo_default=demo)
+
+
+def _is_run(source: str) -> bool:
+    """A run (an s3:// URI, a folder, or its manifest.json), not a YAML file."""
+    return is_s3(source) or os.path.isdir(source) or os.path.basename(source) == MANIFEST
 
 
 def cmd_run(args) -> int:
@@ -54,7 +71,34 @@ def cmd_run(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(_config(args).to_yaml(), end="")
+    if args.config is None or not _is_run(args.config):
+        print(_config(args).to_yaml(), end="")
+        return 0
+    from mitune_ray.config import stored_config
+    from mitune_ray.manifest import read_run
+
+    uri = args.config
+    if not is_s3(uri) and os.path.basename(uri) == MANIFEST:
+        uri = os.path.dirname(uri) or "."
+    if args.overrides:
+        raise MituneError(f"mitune config show {args.config} shows the run's stored config and "
+                          f"takes no key=value overrides (got {args.overrides[0]}); show a YAML "
+                          "file with overrides instead")
+    store, manifest = read_run(uri)
+    cfg = stored_config(manifest.get("config"))
+    if cfg is None:
+        raise MituneError(f"the config stored in {store.child_uri(MANIFEST)} does not validate "
+                          "with this version of mitune_ray; read it in the manifest itself")
+    print(f"# the stored config of the run at {store.uri} (fingerprint "
+          f"{manifest.get('fingerprint')}): family defaults filled in, as it runs")
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from mitune_ray.estimate import plan_text
+
+    print(plan_text(_config(args), args.config or "(the built-in demo)"))
     return 0
 
 
@@ -115,18 +159,28 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mitune", description="MI-TUNE on Ray: self-supervised "
                                   "text-to-image alignment by point-wise mutual information.")
     top.add_argument("--version", action="version", version=f"mitune_ray {__version__}")
+    top.add_argument("-v", "--verbose", action="store_true",
+                     help="also show Ray's progress and INFO lines, the output of Ray's workers "
+                          "and third-party warnings (off by default)")
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run or resume a multi-round MI-TUNE run")
     _add_config_args(p, demo=True)
     p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("config", help="show the resolved configuration")
-    p.add_argument("action", choices=["show"])
-    _add_config_args(p)
+    p = sub.add_parser("config", help="show the resolved configuration, or a run's stored one")
+    p.add_argument("action", choices=["show"], help="show: print it as YAML")
+    _add_config_args(p, demo=True, config_help=(
+        "YAML config file (default: the built-in demo, what `mitune run` runs), or a run: its "
+        "folder, s3:// URI or manifest.json, whose stored config is shown"))
     p.set_defaults(fn=cmd_config)
+    p = sub.add_parser("plan", help="the work a config asks for and its GPU-hours, before "
+                       "anything runs (prompts, candidates, denoiser rows, training samples)")
+    _add_config_args(p, demo=True)
+    p.set_defaults(fn=cmd_plan)
     for name, text in (("generate", "generate one round's candidates and selected set"),
                        ("train", "fine-tune one round's DoRA adapter")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--round", type=int, default=1)
+        p.add_argument("--round", type=int, default=1, metavar="N",
+                       help="the round, 1..run.rounds (default 1); earlier rounds must be trained")
         _add_config_args(p, demo=True)
         p.set_defaults(fn=cmd_stage)
     p = sub.add_parser("score", help="MI of existing (image, prompt) pairs")
@@ -134,28 +188,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (local or s3://)")
     _add_config_args(p)
     p.set_defaults(fn=cmd_score)
-    p = sub.add_parser("status", help="what each round and stage of a run did")
-    p.add_argument("run_uri")
+    p = sub.add_parser("status", help="what each round and stage of a run did, in pipeline order")
+    p.add_argument("run_uri", metavar="RUN_URI", help="the run: its folder or s3:// URI (run.uri)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("export", help="copy a round's adapter into a diffusers-loadable folder")
-    p.add_argument("run_uri")
-    p.add_argument("--round", type=int, required=True)
-    p.add_argument("dir")
+    p.add_argument("run_uri", metavar="RUN_URI", help="the run: its folder or s3:// URI (run.uri)")
+    p.add_argument("--round", type=int, required=True, metavar="N",
+                   help="the trained round whose adapter to export")
+    p.add_argument("dir", metavar="DIR", help="the folder to write (local)")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("eval", help="score each round's adapter on the evaluation prompts")
-    p.add_argument("run_uri")
+    p.add_argument("run_uri", metavar="RUN_URI", help="the run: its folder or s3:// URI (run.uri)")
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="evaluate every version again at this classifier-free guidance, into "
                         "<version>/eval-guidance-G (default: the run's, into <version>/eval)")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides on the run's stored config, e.g. "
+                        "eval.metrics=[mi,blip_vqa] eval.blip_path=DIR")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("report", help="write a static HTML report of a run")
-    p.add_argument("run_uri")
+    p.add_argument("run_uri", metavar="RUN_URI", help="the run: its folder or s3:// URI (run.uri)")
     p.add_argument("--out", default=None, help="folder (default: <run>/report)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("prompts", help="the prompt lists shipped in the package: their "
                        "bundled:CORPUS/NAME sources (list) or their folder (dir)")
-    p.add_argument("action", choices=["list", "dir"])
+    p.add_argument("action", choices=["list", "dir"],
+                   help="list: the bundled:CORPUS/NAME sources; dir: the folder holding them")
     p.set_defaults(fn=cmd_prompts)
     sub.add_parser("bench", help="throughput benchmarks (mitune bench --help)", add_help=False)
     sub.add_parser("shapes", add_help=False,
@@ -172,6 +230,9 @@ def register_plugins() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    verbose = bool(argv) and argv[0] in VERBOSE_FLAGS
+    argv = argv[1:] if verbose else argv
+    configure_console(verbose_output=verbose or runtime_verbose())
     register_plugins()
     try:
         if argv[:1] == ["bench"]:  # own flags, which argparse's REMAINDER would not pass on

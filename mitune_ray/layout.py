@@ -8,7 +8,8 @@ A run folder (local or s3://), relative to the run URI:
     round-001/                           one round (`round_dir`), the generation stage's output:
         selected/  scores/  gallery/     kept candidates, every candidate's MI, report images
         adapter/                         the exported adapter (`ADAPTER`), `TRAIN_RESULT` last
-        train/                           the training's inputs and checkpoint adapters
+        train/                           the training's inputs, checkpoint adapters, per-step
+                                         metrics (`TRAIN_METRICS`), TensorBoard event files
         train-round-001/                 Ray Train's own run (`train_run_name`)
         eval/, eval-guidance-5/          the round's evaluation (`eval_dir`)
     eval-base/eval/                      the base model's evaluation (`BASE_VERSION`)
@@ -45,6 +46,8 @@ TRAIN_RESULT = f"{ADAPTER}/train_result.json"  # written last: "training is done
 TRAIN_WORK = "train"  # the training's own files:
 TRAIN_INPUTS = f"{TRAIN_WORK}/inputs.json"  # what it was asked to do
 TRAIN_ADAPTERS = f"{TRAIN_WORK}/adapters"  # the adapter of every checkpoint
+TRAIN_METRICS = f"{TRAIN_WORK}/metrics.jsonl"  # one row per optimizer step (JSON lines)
+TRAIN_TENSORBOARD = f"{TRAIN_WORK}/tensorboard"  # event files (tracking.tensorboard=true)
 
 # -- evaluation ------------------------------------------------------------------------------
 BASE_VERSION = "eval-base"  # the base model's version folder
@@ -134,3 +137,31 @@ def stage_kind(name: str) -> str | None:
     if "/" in name and (last == "evaluate" or last.startswith("evaluate-guidance-")):
         return "evaluate"
     return None
+
+
+def pipeline_order(name: str) -> tuple:
+    """A sort key putting stage names in the order a run does them: prompts, then each round's
+    generate, train and evaluations (at the run's guidance before other guidances, the base
+    model's just before round 1's); names of no known stage last, by name.
+
+        >>> for name in sorted(["round-002/generate", "eval-base/evaluate", "prompts",
+        ...                     "round-001/evaluate", "round-001/train"], key=pipeline_order):
+        ...     print(name)
+        prompts
+        round-001/train
+        eval-base/evaluate
+        round-001/evaluate
+        round-002/generate
+    """
+    kind = stage_kind(name)
+    version = name.split("/", 1)[0]
+    r = 1 if version == BASE_VERSION else round_of(name)
+    if kind == PROMPTS_STAGE:
+        return (0, 0, 0, 0.0, False, name)
+    if kind is None or r is None:
+        return (1, 0, 0, 0.0, False, name)
+    if kind != "evaluate":
+        return (0, r, STAGE_KINDS.index(kind), 0.0, False, name)
+    suffix = name.rsplit("/", 1)[-1].removeprefix("evaluate").removeprefix("-guidance-")
+    guidance = float(suffix) if suffix else -1.0  # the run's own guidance first
+    return (0, r, STAGE_KINDS.index(kind), guidance, version != BASE_VERSION, name)

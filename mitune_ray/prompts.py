@@ -495,6 +495,23 @@ def prepare_corpus(sources: list[str], out: Store, *, settings: PromptsSection,
     return report
 
 
+def corpus_ids(sources: list[str], *, settings: PromptsSection, split_name: str | None = None,
+               endpoint_url: str | None = None) -> dict[str, str]:
+    """The prompts `prepare_corpus` would keep, without writing anything: prompt id -> split,
+    after normalising, de-duplication and the `max_prompts` sample (`mitune plan` counts them).
+
+    Example:
+        >>> ids = corpus_ids(["bundled:t2i-compbench/color_train"],
+        ...                  settings=PromptsSection(val_fraction=0.05))
+        >>> len(ids), sum(split == "val" for split in ids.values())
+        (679, 37)
+    """
+    stream = _kept_rows(list(sources), settings, split_name, endpoint_url, Counter())
+    if settings.max_prompts is not None and split_name is None:
+        stream = iter(uniform_sample(stream, settings.max_prompts, settings.sample_seed)[0])
+    return {pid: split for pid, _, split, _, _ in stream}
+
+
 def read_prompt_shard(store: Store, rel: str) -> list[tuple[str, str, str]]:
     """The (prompt_id, prompt, split) rows of one shard written by `prepare_corpus`.
 

@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
                        ("ray", "the Ray Data stage vs the same work in one process")):
         what.add_argument(f"--{name}", action="store_true", help=text)
     model = p.add_argument_group("models")
-    model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    model.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where to measure (auto: the GPU if torch sees one, else the CPU)")
     model.add_argument("--family", help="comma list of sd, sdxl, sd3 (default: all)")
     model.add_argument("--tiny", action="store_true", help="tiny random models (default on CPU)")
     model.add_argument("--real", action="store_true",
@@ -70,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
                      help="reduce-overhead: with CUDA graphs")
     lev.add_argument("--compile-backend", default="inductor", help="eager: trace only (tests)")
     lev.add_argument("--compile-cache-dir", help="TORCHINDUCTOR_CACHE_DIR shared across runs")
-    lev.add_argument("--channels-last", action="store_true")
+    lev.add_argument("--channels-last", action="store_true", help="NHWC convolutions (UNets)")
     lev.add_argument("--fuse-qkv", action="store_true", help="diffusers fuse_qkv_projections")
     lev.add_argument("--no-sdpa", action="store_true", help="classic attention (UNets only)")
     lev.add_argument("--one-at-a-time", action="store_true",
@@ -78,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
     tr = p.add_argument_group("training")
     tr.add_argument("--train-batch", type=int, help="default 8 (tiny: 4)")
     tr.add_argument("--train-steps", type=int, help="timed steps (default 4)")
-    tr.add_argument("--grad-checkpointing", action="store_true")
+    tr.add_argument("--grad-checkpointing", action="store_true",
+                    help="recompute activations in the backward pass (less memory, more time)")
     tr.add_argument("--lora", action="store_true", help="plain LoRA instead of DoRA")
     pr = p.add_argument_group("pruning (--prune)")
     pr.add_argument("--prune-at", type=float, default=0.5, help="fraction of the steps")

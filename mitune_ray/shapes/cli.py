@@ -14,7 +14,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "assets" / "shapes_model"),
                         help="diffusers folder to write (default: the bundled model's place)")
     parser.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the training's seed (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
     parser.add_argument("--loss-weight-cap", type=float, default=TrainSettings.loss_weight_cap,
@@ -53,6 +53,13 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+COMMANDS = {
+    "train": "train the bundled ShapesWorld model from scratch (CPU)",
+    "bench": "does MI agree with the exact checker, and does MI-TUNE raise alignment?",
+    "pool": "pool selection efficiency of every MI estimator variant",
+}
+
+
 def main(argv: list[str]) -> int:
     action, rest = (argv[0], argv[1:]) if argv else ("", [])
     if action == "train":
@@ -65,4 +72,10 @@ def main(argv: list[str]) -> int:
         from mitune_ray.shapes.pool import main as pool_main
 
         return pool_main(rest)
-    raise SystemExit("usage: mitune shapes train|bench|pool [--help]")
+    parser = argparse.ArgumentParser(
+        prog="mitune shapes", description="ShapesWorld, the testbed with an exact checker "
+        "(mitune_ray/shapes/README.md): " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    parser.add_argument("command", choices=tuple(COMMANDS),
+                        help="then its own arguments (mitune shapes COMMAND --help)")
+    parser.parse_args(argv[:1])  # --help: exit 0; no or an unknown command: usage, exit 2
+    return 2

@@ -105,7 +105,7 @@ class Setup:
     eval_prompts: int = 128
     eval_seeds: int = 4
     sample_steps: int = 25
-    guidance: float = 7.5  # of the candidates and the evaluation alike (bench: --scale guidance)
+    guidance: float = 7.5  # of the candidates and the evaluation alike (bench: guidance=G)
     max_batch: int = 1024
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     tuned_eval_prompts: int = 64  # also evaluated: this many of the tuning prompts (0: none)

@@ -17,6 +17,8 @@ def test_the_names_of_a_run_are_the_ones_runs_already_hold():
     assert (layout.SELECTED, layout.SCORES, layout.GALLERY) == ("selected", "scores", "gallery")
     assert (layout.TRAIN_RESULT, layout.TRAIN_INPUTS, layout.TRAIN_ADAPTERS) == (
         "adapter/train_result.json", "train/inputs.json", "train/adapters")
+    assert (layout.TRAIN_METRICS, layout.TRAIN_TENSORBOARD) == ("train/metrics.jsonl",
+                                                                "train/tensorboard")
     assert layout.version_dir(0) == "eval-base" and layout.version_dir(2) == "round-002"
     assert layout.eval_dir() == "eval" and layout.eval_dir(5.0) == "eval-guidance-5"
     assert (layout.EVAL_SCORES, layout.EVAL_METRICS, layout.REPORT) == (
@@ -39,3 +41,13 @@ def test_stage_names_and_their_kinds():
 
 def test_docstring_examples():
     assert doctest.testmod(layout).failed == 0
+
+
+def test_pipeline_order_is_the_order_a_run_does_its_stages():
+    done = ["round-010/generate", "eval-base/evaluate-guidance-5", "round-002/train", "prompts",
+            "eval-base/evaluate", "round-002/generate", "round-001/evaluate", "round-001/train",
+            "round-001/generate", "round-010/train", "round-001/evaluate-guidance-5", "notes"]
+    assert sorted(done, key=layout.pipeline_order) == [
+        "prompts", "round-001/generate", "round-001/train", "eval-base/evaluate",
+        "round-001/evaluate", "eval-base/evaluate-guidance-5", "round-001/evaluate-guidance-5",
+        "round-002/generate", "round-002/train", "round-010/generate", "round-010/train", "notes"]
