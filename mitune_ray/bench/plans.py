@@ -159,17 +159,17 @@ class Bench:
 
     def dora_vs_peft(self, arch: Arch, work: TrainWorkload) -> None:
         """The fused DoRA's training speed over peft's DoRA forward, timed in this run. On a GPU
-        one round, reusing an earlier fused timing of the same workload; on a CPU (a shared
-        machine) three rounds (one with --quick), fused and peft alternating, and the median of
-        their ratios."""
+        (and with --quick) one round, reusing an earlier fused timing of the same workload; on a
+        CPU (a shared machine) three rounds, fused and peft alternating, and the median of their
+        ratios."""
         fused_work = replace(work, dora=True, dora_impl="fused")
         peft_work = replace(fused_work, dora_impl="peft")
-        gpu = self.device.type == "cuda"
-        earlier = self.rec.find(_train_name(arch, fused_work)) if gpu else None
+        rounds = 1 if self.device.type == "cuda" or self.args.quick else 3
+        earlier = self.rec.find(_train_name(arch, fused_work)) if rounds == 1 else None
 
         def run() -> dict:
             pairs = []
-            for i in range(1 if gpu or self.args.quick else 3):
+            for i in range(rounds):
                 fused = (earlier.values if earlier and i == 0
                          else time_training(arch, fused_work, self.device))
                 peft = time_training(arch, peft_work, self.device)
