@@ -26,6 +26,9 @@ VERBOSE_ENV = "MITUNE_VERBOSE"  # "1": everything Ray and the libraries print re
 RAY_DATA_CONSOLE_LEVEL = logging.ERROR
 # Ray's notice at every local start that token authentication is on: nothing to act on.
 RAY_AUTH_LOGGER = "ray._private.authentication"
+# DeepSpeed's logger; on a machine without a GPU it warns at import, in the driver too, "Setting
+# accelerator to CPU" (it sets its own level when imported: a filter is what stays).
+DEEPSPEED_LOGGER = "DeepSpeed"
 # Worker processes a local cluster may start at once, per CPU. Ray's default (1 per core) is also
 # its threshold for "(raylet) WARNING: N PYTHON worker processes have been started ... 4x the
 # maximum expected startup concurrency", which fractional-CPU actors and tasks (0.5 each in the
@@ -49,6 +52,11 @@ def configure_console(*, verbose_output: bool) -> None:
         warnings.filterwarnings("ignore", category=category)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.getLogger(DEEPSPEED_LOGGER).addFilter(errors_only)
+
+
+def errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def quiet_ray_driver() -> None:
