@@ -10,6 +10,8 @@ What lands in the round folder `out` (local or s3://):
     adapter/train_result.json                 the TrainResult, written last: "training is done"
     train/inputs.json                         what this training was asked to do
     train/adapters/step-NNNNNN/               the adapter of every checkpoint (the export's pool)
+    train/metrics.jsonl                       one row per optimizer step (training/tracking.py)
+    train/tensorboard/                        event files, with tracking.tensorboard=true
     <run_name>/                               Ray Train's run: per-rank DeepSpeed checkpoints
 
 Restarts: a failed worker group restarts from its latest checkpoint (`train.max_failures`
@@ -27,30 +29,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from mitune_ray import layout
 from mitune_ray.adapters import ADAPTER_FILE, check_adapter, meta_denoiser
-from mitune_ray.config import Config
+from mitune_ray.config import Config, section_identity
 from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.families import resolve_family
 from mitune_ray.models import resolve_model_path
+from mitune_ray.progress import ProgressFactory, silent_progress
 from mitune_ray.sampling import Prompt
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.training.data import (
     check_fits_model, fixed_batch, make_dataset, model_shapes, open_selected,
 )
 from mitune_ray.training.engine import resolve_schedule
+from mitune_ray.training.feed import WorkerFeed, driver_feed
 from mitune_ray.training.loop import LoopSpec, step_dir, train_loop
+from mitune_ray.training.tracking import tracking_spec
 
 ADAPTER_REL = f"{layout.ADAPTER}/{ADAPTER_FILE}"
 RESULT_REL = layout.TRAIN_RESULT
 INPUTS_REL = layout.TRAIN_INPUTS
 ADAPTERS_REL = layout.TRAIN_ADAPTERS
+CHECKPOINT_DIR = re.compile(r"(^|/)step-\d+/")  # Ray Train's checkpoints (loop.step_dir)
 CHECKPOINTS_KEPT = 2  # DeepSpeed states kept in storage: the latest, and one in case it is bad
 TEST_HOOKS_ENV = "MITUNE_TRAIN_TEST_HOOKS"  # tests only; JSON: deepspeed, fail_once_at_steps, fail_marker_dir
-EXECUTION_ONLY = ("max_failures",)  # train.* keys a resumed run may change
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,8 @@ class TrainResult:
 
 def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out: Store,
                   run_name: str, init_adapter: str | None = None, base_adapters: Sequence[str] = (),
-                  validation_prompts: Sequence[Prompt] = (), log: Callable[[str], None] = print
-                  ) -> TrainResult:
+                  validation_prompts: Sequence[Prompt] = (), log: Callable[[str], None] = print,
+                  progress: ProgressFactory = silent_progress) -> TrainResult:
     """Fine-tune a DoRA adapter of `model_path` on the selected-set shards, on Ray Train.
 
     Args:
@@ -101,8 +107,10 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
             adapter is added (`run.merge_previous`).
         validation_prompts: held-out prompts of the training split (never evaluation prompts),
             the first `train.validation_prompts` of which score every checkpoint.
-        log: the driver's progress lines. Per-step lines (loss, learning rate, samples/s) are
-            printed by rank 0 and reach the driver's console through Ray's log forwarding.
+        log: the driver's progress lines; rank 0's lines (checkpoints) come here too, through a
+            Ray queue (`training/feed.py`).
+        progress: the progress display of the optimizer steps (step, loss, smoothed samples/s,
+            ETA; `mitune_ray.progress`).
 
     Example:
         >>> res = train_adapter(cfg, model_path="tiny:sd", selected=shards, out=Store("/r/1"),
@@ -133,7 +141,15 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
         raise MituneError(f"the selected set has {sel.rows} rows, fewer than train.workers x "
                           f"train.batch_size = {train.workers * train.batch_size}: no worker "
                           "would get a full batch; lower train.batch_size or generate more")
-    if stored is None:
+    tracking = tracking_spec(cfg.tracking, out, run_name, {
+        "model_path": model_path, "family": fam.name, "rank": train.rank,
+        "alpha": train.alpha or train.rank, "lr": schedule.lr, "steps": schedule.steps,
+        "grad_accum": schedule.grad_accum, "batch_size": train.batch_size,
+        "workers": train.workers, "zero_stage": train.zero_stage,
+        "max_grad_norm": schedule.max_grad_norm, "warmup_steps": schedule.warmup_steps})
+    if stored is not None and stored != inputs:  # resumed with other workers or resources
+        _check_resize(out, stored, train, run_name)
+    if stored != inputs:
         out.write_json(INPUTS_REL, inputs)
 
     use_gpu = _connect(cfg, log)
@@ -145,13 +161,16 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
         vae_factor=shapes.vae_factor, out=out, adapters_rel=ADAPTERS_REL,
         fixed_batch=fixed_batch(sel, train.batch_size), init_adapter=init_adapter,
         base_adapters=tuple(base_adapters), validation_prompts=prompts,
+        tracking=tracking,
         deepspeed_extra=hooks.get("deepspeed", {}),
         fail_once_at_steps=tuple(hooks.get("fail_once_at_steps", ())),
         fail_marker_dir=hooks.get("fail_marker_dir"))
     log(f"training a rank-{train.rank} DoRA adapter of {model_path} on {sel.rows} rows: "
         f"{schedule.steps} steps of {train.workers} x {train.batch_size} x {schedule.grad_accum} "
         f"samples, lr {schedule.lr:g}, ZeRO-{train.zero_stage}, {'GPU' if use_gpu else 'CPU'}")
-    summary = _fit(spec, make_dataset(sel), run_name, out, use_gpu)
+    dataset = make_dataset(sel)  # read and decoded once here when it fits the object store
+    with driver_feed(log, progress, schedule.steps) as feed:
+        summary = _fit(spec, dataset, run_name, out, use_gpu, feed)
     return _finish(out, summary, log)
 
 
@@ -162,8 +181,7 @@ def _inputs(cfg: Config, model_path, selected, run_name, init_adapter, base_adap
         "run_name": run_name, "model_path": model_path, "family": cfg.model.family,
         "resolution": cfg.model.resolution, "selected": sorted(selected),
         "init_adapter": init_adapter, "base_adapters": list(base_adapters),
-        "train": {k: v for k, v in cfg.train.model_dump(mode="json").items()
-                  if k not in EXECUTION_ONLY},
+        "train": cfg.train.model_dump(mode="json"),
         "validation_prompts": [p.prompt_id for p in prompts],
         "validation_sampling": {"generate": cfg.generate.model_dump(mode="json"),
                                 "mi": cfg.mi.model_dump(mode="json")} if prompts else None,
@@ -171,17 +189,43 @@ def _inputs(cfg: Config, model_path, selected, run_name, init_adapter, base_adap
 
 
 def _stored_inputs(out: Store, inputs: dict) -> dict | None:
-    """The stored inputs of an earlier attempt (None: first attempt); refuses different ones."""
+    """The stored inputs of an earlier attempt (None: first attempt); refuses ones that would
+    give another result (`config.section_identity`: other worker counts, batch sizes and
+    resources are the same training)."""
     if not out.exists(INPUTS_REL):
         return None
     stored = out.read_json(INPUTS_REL)
-    if stored != inputs:
-        key = _first_difference(stored, inputs)
+    if _result_inputs(stored) != _result_inputs(inputs):
+        key = _first_difference(_result_inputs(stored), _result_inputs(inputs))
         raise MituneError(f"{out.child_uri(INPUTS_REL)} records a training of this round with "
                           f"another '{key}'; use a new round folder, or delete "
                           f"{out.child_uri(layout.TRAIN_WORK)} and {out.child_uri(inputs['run_name'])} "
                           "to retrain")
     return stored
+
+
+def _result_inputs(inputs: dict) -> dict:
+    """Inputs as far as they decide the result: placement settings out (`config.PLACEMENT`),
+    train.grad_accum and train.workers as their effective batch."""
+    out = dict(inputs, train=section_identity("train", inputs["train"]))
+    sampling = inputs.get("validation_sampling")
+    if sampling:
+        out["validation_sampling"] = dict(
+            sampling, generate=section_identity("generate", sampling["generate"]))
+    return out
+
+
+def _check_resize(out: Store, stored: dict, train, run_name: str) -> None:
+    """A training part-way under ZeRO-3 resumes on as many workers as wrote its checkpoints
+    (other stages re-partition theirs: `training/elastic.py`)."""
+    before = stored["train"].get("workers")
+    if train.zero_stage != 3 or before in (None, train.workers):
+        return
+    if any(CHECKPOINT_DIR.search(path) for path in out.list(run_name)):
+        raise MituneError(f"this round's training is part-way with train.workers={before} under "
+                          f"ZeRO-3 (train.zero_stage=3), whose checkpoints cannot be "
+                          f"re-partitioned; resume it with train.workers={before} (later rounds "
+                          "may use other counts)")
 
 
 def _first_difference(a, b, path: str = "") -> str:
@@ -239,7 +283,8 @@ def _connect(cfg: Config, log) -> bool:
     return train.use_gpu if train.use_gpu is not None else resources.get("GPU", 0) > 0
 
 
-def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> dict:
+def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool,
+         feed: WorkerFeed | None = None) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -256,7 +301,7 @@ def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> d
         failure_config=FailureConfig(max_failures=train.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT))
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"spec": spec}, datasets={"train": dataset},
+        train_loop, train_loop_config={"spec": spec, "feed": feed}, datasets={"train": dataset},
         scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"), run_config=run_config)
@@ -272,7 +317,7 @@ def _fit(spec: LoopSpec, dataset, run_name: str, out: Store, use_gpu: bool) -> d
 
 def _finish(out: Store, summary: dict, log) -> TrainResult:
     """Pick the checkpoint to export, copy its adapter, and write the result (last: the marker)."""
-    history = [CheckpointScore(**h) for h in json.loads(summary["history"])]
+    history = [CheckpointScore(**h) for h in summary["history"]]
     if not history:
         raise RuntimeError("the training reported no checkpoint")  # the loop always writes one
     scored = [h for h in history if h.validation_mi is not None]

@@ -5,16 +5,19 @@ until the budget, a checkpoint every `train.checkpoint_every` and at the end), t
 Rank-0-only work (logging, writing adapter files) is gated in `_Worker.log` / `_Worker.export`;
 everything that touches ZeRO-3 parameters (forward passes, gathering) runs on every rank.
 
-At each checkpoint, in this order: validation MI of the held-out prompts (every rank scores its
-share of them), the loss of the fixed batch, the adapter exported to
-`<out>/<adapters_rel>/step-NNNNNN/` (rank 0), the DeepSpeed state saved by every rank into its
-own temporary folder (safetensors, see `checkpoint.py`), and `ray.train.report` with it, which
-merges the ranks' folders into the run's checkpoint in storage.
+Every optimizer step makes a row of the metrics table (loss, lr, grad norm, samples/s; see
+`tracking.py`), which every rank reports to Ray Train (`ray.train.report`) and rank 0 sends to
+TensorBoard and MLflow when they are configured. At each checkpoint, in this order: validation MI
+of the held-out prompts (every rank scores its share of them) and the loss of the fixed batch,
+both into the step's row, the adapter exported to `<out>/<adapters_rel>/step-NNNNNN/` (rank 0),
+the metrics table written (rank 0), the DeepSpeed state saved by every rank into its own
+temporary folder (safetensors, see `checkpoint.py`; the table's rows in it), and
+`ray.train.report` of the row with it, which merges the ranks' folders into the run's checkpoint
+in storage.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,6 +35,8 @@ from mitune_ray.config import GenerateSection, MISection, TrainSection
 from mitune_ray.sampling import Prompt, derive_seed
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.training.engine import Schedule
+from mitune_ray.training.feed import WorkerFeed
+from mitune_ray.training.tracking import MetricsLog, TrackingSpec
 
 _logger = logging.getLogger(__name__)
 SHUFFLE_BUFFER_ROWS = 256  # rows mixed across neighbouring shards (a shard holds ~8 rows)
@@ -59,6 +64,7 @@ class LoopSpec:
     init_adapter: str | None = None
     base_adapters: tuple[str, ...] = ()
     validation_prompts: tuple[Prompt, ...] = ()
+    tracking: TrackingSpec | None = None  # where rank 0 records each step's metrics
     deepspeed_extra: dict = field(default_factory=dict)  # test hook: config overrides
     # Test hook: after each of these optimizer steps (and its checkpoint, if any), raise once,
     # remembered by a marker file `failed-at-<step>` in `fail_marker_dir`.
@@ -71,10 +77,11 @@ def step_dir(step: int) -> str:
 
 
 def train_loop(config: dict) -> dict:
-    """Ray Train's `train_loop_per_worker`: config = {"spec": LoopSpec}. Rank 0's return value
-    (`Result.return_value`) is the run's summary, also when it resumed at its final checkpoint."""
+    """Ray Train's `train_loop_per_worker`: config = {"spec": LoopSpec, "feed": the driver's
+    console (`feed.WorkerFeed`, optional)}. Rank 0's return value (`Result.return_value`) is the
+    run's summary, also when it resumed at its final checkpoint."""
     _quiet_ray_train_reports()
-    worker = _Worker(config["spec"])
+    worker = _Worker(config["spec"], config.get("feed"))
     worker.setup()
     worker.train()
     return worker.metrics()
@@ -96,10 +103,10 @@ def _quiet_ray_train_reports() -> None:
 
 
 class _Worker:
-    def __init__(self, spec: LoopSpec):
+    def __init__(self, spec: LoopSpec, feed: WorkerFeed | None = None):
         import ray.train
 
-        self.spec = spec
+        self.spec, self.feed = spec, feed
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         if spec.use_gpu:
@@ -109,19 +116,32 @@ class _Worker:
         else:
             self.device, self.dtype = torch.device("cpu"), torch.float32
         self.history: list[dict] = []  # one entry per checkpoint: step, loss, validation_mi
+        self.rows: list[dict] = []  # one per optimizer step: the metrics table (tracking.py)
+        self.tracker: MetricsLog | None = None
         self.initial_loss: float | None = None
         self.resumed_from = 0
         self.samples = 0
         self.train_seconds = 0.0
 
     def log(self, message: str) -> None:
-        # The one place that decides who logs. Rank 0's stdout reaches the driver's console
-        # through Ray's log forwarding (a driver-side callable would have to pickle). Written
-        # to the process's own stdout: Ray Train patches `print` into its logger, which would
-        # echo every line twice.
-        if self.rank == 0:
+        # The one place that decides who logs: rank 0, to the driver's console through the feed.
+        # Without one, to the process's own stdout, which Ray forwards to the driver when
+        # verbose (not `print`: Ray Train patches it into its logger, which echoes it twice).
+        if self.rank != 0:
+            return
+        if self.feed is not None:
+            self.feed.line(message)
+        else:
             sys.__stdout__.write(message + "\n")
             sys.__stdout__.flush()
+
+    def show_step(self, loss: float, lr: float, samples: int, seconds: float) -> None:
+        """A step on the driver's console: its progress display, or a line without a feed."""
+        if self.rank == 0 and self.feed is not None:
+            self.feed.step(self.step, loss=loss, lr=lr, samples=samples, seconds=seconds)
+        else:
+            self.log(f"step {self.step}/{self.spec.schedule.steps} loss {loss:.5f} lr {lr:.3g} "
+                     f"{samples / max(seconds, 1e-9):.2f} samples/s")
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -192,16 +212,25 @@ class _Worker:
     def _restore(self) -> None:
         import ray.train
 
+        from mitune_ray.training.elastic import restore_resized, saved_world_size
+
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
-            path, client = self.engine.load_checkpoint(folder, load_module_strict=False)
+            saved_world = saved_world_size(folder)
+            if saved_world is not None and saved_world != self.world:  # other train.workers
+                path, client = folder, restore_resized(self.engine, folder,
+                                                       saved_world=saved_world, rank=self.rank)
+                self.log(f"re-partitioned the checkpoint of {saved_world} workers for {self.world}")
+            else:
+                path, client = self.engine.load_checkpoint(folder, load_module_strict=False)
         if path is None:
             raise RuntimeError(f"Ray Train's checkpoint {checkpoint.path} holds no DeepSpeed state")
         state = client["mitune"]
         self.history, self.initial_loss = state["history"], state["initial_loss"]
         self.samples, self.train_seconds = state["samples"], state["train_seconds"]
+        self.rows = state.get("rows", [])
         self.resumed_from = self.engine.global_steps
         self.log(f"resumed from the checkpoint at step {self.resumed_from}")
 
@@ -219,6 +248,8 @@ class _Worker:
         if self.initial_loss is None:
             self.initial_loss = self.fixed_loss()
             self.log(f"fixed-batch loss before training: {self.initial_loss:.5f}")
+        if self.rank == 0 and spec.tracking is not None:
+            self.tracker = MetricsLog(spec.tracking, resumed_from=self.resumed_from)
         shard = ray.train.get_dataset_shard("train")
         epoch = 0
         micro, window_loss, window_start = 0, torch.zeros((), device=self.device), time.perf_counter()
@@ -235,15 +266,19 @@ class _Worker:
                 loss = self.loss(engine, batch, generator)
                 engine.backward(loss)
                 boundary = engine.is_gradient_accumulation_boundary()
+                lr = engine.get_lr()[0]  # this step's (the scheduler moves on in engine.step)
                 engine.step()
                 micro += 1
                 window_loss += loss.detach()
                 if not boundary:
                     continue
-                self._after_step(window_loss / micro, time.perf_counter() - window_start)
+                row = self._after_step(window_loss / micro, time.perf_counter() - window_start,
+                                       lr, epoch)
                 micro, window_loss = 0, torch.zeros((), device=self.device)
                 if self.step % spec.train.checkpoint_every == 0 or self.step >= total:
-                    self.checkpoint()
+                    self.checkpoint(row)
+                else:
+                    self.record(row)
                 self._maybe_fail()
                 window_start = time.perf_counter()
                 if self.step >= total:
@@ -253,6 +288,8 @@ class _Worker:
                                    "rows in an epoch: the selected set is too small for "
                                    "train.workers x train.batch_size")
             epoch += 1
+        if self.tracker is not None:
+            self.tracker.close(finished=True)
 
     def _lockstep(self, batches):
         """Yield batches while every rank has one: an uneven split would otherwise hang the
@@ -269,15 +306,30 @@ class _Worker:
         flag.fill_(0)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
 
-    def _after_step(self, mean_loss: torch.Tensor, seconds: float) -> None:
+    def _after_step(self, mean_loss: torch.Tensor, seconds: float, lr: float, epoch: int) -> dict:
+        """The step's row of the metrics table (`tracking.STEP_COLUMNS`; the checkpoint columns
+        are filled at a checkpoint), logged by rank 0."""
         spec = self.spec
         samples = spec.train.batch_size * self.world * spec.schedule.grad_accum
         self.samples += samples
         self.train_seconds += seconds
         dist.all_reduce(mean_loss, op=dist.ReduceOp.SUM)  # gloo has no AVG
-        lr = self.engine.get_lr()[0]
-        self.log(f"step {self.step}/{spec.schedule.steps} loss {mean_loss.item() / self.world:.5f} "
-                 f"lr {lr:.3g} {samples / max(seconds, 1e-9):.2f} samples/s")
+        norm = self.engine.get_global_grad_norm()  # None where DeepSpeed computes none (ZeRO-0, fp32)
+        row = {"step": self.step, "epoch": epoch, "loss": mean_loss.item() / self.world,
+               "lr": float(lr), "grad_norm": None if norm is None else float(norm),
+               "samples_per_s": samples / max(seconds, 1e-9), "seconds": seconds,
+               "time": time.time(), "validation_mi": None, "fixed_batch_loss": None}
+        self.show_step(row["loss"], lr, samples, seconds)
+        return row
+
+    def record(self, row: dict) -> None:
+        """Keep a step's row and report it to Ray Train (every rank: a report is collective)."""
+        import ray.train
+
+        self.rows.append(row)
+        if self.tracker is not None:
+            self.tracker.add(row)
+        ray.train.report(row)
 
     def _maybe_fail(self) -> None:
         spec = self.spec
@@ -346,25 +398,33 @@ class _Worker:
                     export_adapter(self.net, self.fam, tmp)
                     self.spec.out.upload_dir(tmp, rel)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, row: dict) -> None:
+        """Score the step (validation MI, fixed-batch loss: into its row), export the adapter,
+        write the metrics table, save the DeepSpeed state and report the row with it."""
         import ray.train
         from ray.train import Checkpoint
 
         entry = {"step": self.step, "validation_mi": self.validate(), "loss": self.fixed_loss()}
         self.history.append(entry)
+        row.update(validation_mi=entry["validation_mi"], fixed_batch_loss=entry["loss"])
+        self.rows.append(row)
         mi = entry["validation_mi"]
         self.log(f"checkpoint at step {self.step}: fixed-batch loss {entry['loss']:.5f}"
                  + ("" if mi is None else f", validation MI {mi:.4f}"))
         self.export(f"{self.spec.adapters_rel}/{step_dir(self.step)}")
+        if self.tracker is not None:
+            self.tracker.add(row)
+            self.tracker.save(self.rows)
         with tempfile.TemporaryDirectory(prefix="mitune-ckpt-") as tmp:
             state = {"history": self.history, "initial_loss": self.initial_loss,
-                     "samples": self.samples, "train_seconds": self.train_seconds}
+                     "samples": self.samples, "train_seconds": self.train_seconds,
+                     "rows": self.rows}
             self.engine.save_checkpoint(tmp, client_state={"mitune": state},
                                         exclude_frozen_parameters=True)
-            ray.train.report(self.metrics(), checkpoint=Checkpoint.from_directory(tmp),
+            ray.train.report(row, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=step_dir(self.step))
 
     def metrics(self) -> dict:
-        return {"step": self.step, "history": json.dumps(self.history),
+        return {"step": self.step, "history": self.history,
                 "initial_loss": self.initial_loss, "resumed_from": self.resumed_from,
                 "samples_per_s": self.samples / self.train_seconds if self.train_seconds > 0 else 0.0}

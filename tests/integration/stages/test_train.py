@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import mitune_ray.stages.train as train_module
 from mitune_ray.adapters import ADAPTER_FILE, dora_config
@@ -26,6 +27,7 @@ from mitune_ray.training.checkpoint import (
     METADATA_KEY, SafetensorsCheckpointEngine, load_state, save_state,
 )
 from mitune_ray.training.engine import Schedule, deepspeed_config, resolve_schedule
+from mitune_ray.training.tracking import CHECKPOINT_COLUMNS, STEP_COLUMNS, read_table
 from mitune_ray.stages.train import TEST_HOOKS_ENV, TrainResult, train_adapter
 from tests.unit.test_adapters import trained_adapter
 
@@ -241,6 +243,35 @@ def test_loss_weight_cap_is_refused_for_flow_matching_in_one_line(tiny_folder):
     assert resolve(load_config(None, ["train.loss_weight_cap=10"]), FAMILIES["sd"]).train.loss_weight_cap == 10
 
 
+def test_other_worker_counts_resume_a_training_except_zero3_part_way(tiny_folder, tmp_path,
+                                                                     monkeypatch):
+    # The first attempt records its inputs and dies before any worker starts; its "checkpoint"
+    # is a Ray Train step folder. Resuming on 1 worker (the same 4 samples a step) is the same
+    # training, except under ZeRO-3, whose checkpoints cannot be re-partitioned.
+    def crash(cfg, log):
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(train_module, "_connect", crash)
+    out = Store(str(tmp_path / "round-1"))
+    kwargs = dict(model_path=tiny_folder("sd"), out=out, run_name="round-1-train",
+                  selected=write_shards(out, selected_rows(tiny_folder, "sd", 8)))
+    for stage in (2, 3):
+        with pytest.raises(RuntimeError, match="went away"):
+            train_adapter(config(zero_stage=stage, workers=2, grad_accum=1), **kwargs)
+        out.write_bytes(f"round-1-train/step-000002/checkpoint-{stage}", b"")
+        one = config(zero_stage=stage, workers=1, grad_accum=2)
+        if stage == 2:
+            with pytest.raises(RuntimeError, match="went away"):  # accepted: on to the cluster
+                train_adapter(one, **kwargs)
+            assert out.read_json("train/inputs.json")["train"]["workers"] == 1
+            out.delete("train/inputs.json")
+            continue
+        with pytest.raises(MituneError) as err:
+            train_adapter(one, **kwargs)
+        assert "train.workers=2 under ZeRO-3" in one_line(err)
+        assert "resume it with train.workers=2" in one_line(err)
+
+
 def test_bad_selected_sets_are_one_line_errors_before_training(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("training started"))
     model = tiny_folder("sd")
@@ -321,6 +352,27 @@ def check_trained(result: TrainResult, out: Store, family, tiny_folder, tmp_path
     assert (after - before).abs().max() > 1e-4
 
 
+def check_metrics(result: TrainResult, out: Store, run_name: str) -> list[dict]:
+    """The metrics table holds every optimizer step once, its checkpoint rows match the result,
+    and the checkpoints' reports to Ray Train carried those rows."""
+    from ray.train import Result
+
+    rows = read_table(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for r in rows:
+        assert set(r) == {*STEP_COLUMNS, *CHECKPOINT_COLUMNS}
+        assert math.isfinite(r["loss"]) and r["samples_per_s"] > 0 and r["seconds"] > 0
+        assert r["lr"] == pytest.approx(SMALL["lr"])  # no warm-up
+        assert math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0  # ZeRO computes it
+    scored = [(r["step"], r["fixed_batch_loss"], r["validation_mi"]) for r in rows
+              if r["fixed_batch_loss"] is not None]
+    assert scored == [(c.step, c.loss, c.validation_mi) for c in result.checkpoints]
+    ray_result = Result.from_path(out.path(run_name), storage_filesystem=out.filesystem)
+    reported = [m for _, m in ray_result.best_checkpoints]
+    assert reported == [r for r in rows if r["step"] in (2, 4)] and ray_result.metrics == rows[-1]
+    return rows
+
+
 def expected_initial_loss(tiny_folder, family, selected, base, init, batch_size) -> float:
     """The fixed-batch loss of base model + fused `base` adapter + `init` adapter, computed here
     without Ray or DeepSpeed: what a worker must start from when continuing on a merged base."""
@@ -357,6 +409,7 @@ def test_dora_fine_tunes_each_family_with_zero2(ray_cluster, tiny_folder, tmp_pa
                            validation_prompts=VALIDATION, **adapters)
 
     check_trained(result, out, family, tiny_folder, tmp_path)
+    check_metrics(result, out, "train")
     assert result.resumed_from == 0
     assert all(math.isfinite(c.validation_mi) for c in result.checkpoints)
     best = max(reversed(result.checkpoints), key=lambda c: c.validation_mi)
@@ -380,6 +433,7 @@ def test_zero3_workers_resume_from_s3_checkpoints_and_a_finished_run_is_not_redo
     out = store.child("round-1")
     # 2 x 2 x 2 rows per step: the 16 rows last two steps, so every attempt spans epochs.
     cfg = config(max_failures=1, grad_accum=2, zero_stage=3)
+    cfg.tracking.tensorboard = True  # event files written locally, uploaded at checkpoints
     kwargs = dict(model_path=tiny_folder("sd"), selected=selected, out=out, run_name="round-1-train")
     with pytest.raises(Exception, match="injected failure after step 4"):
         train_adapter(cfg, **kwargs)
@@ -396,6 +450,13 @@ def test_zero3_workers_resume_from_s3_checkpoints_and_a_finished_run_is_not_redo
     assert result.resumed_from == 4
     assert result.exported_step == 4 and "last checkpoint" in result.export_reason
     check_trained(result, out, "sd", tiny_folder, tmp_path)
+    # Every step once in the table and in TensorBoard, although steps 3 and 4 ran twice.
+    rows = check_metrics(result, out, "round-1-train")
+    out.download_dir("train/tensorboard", str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (r["step"], pytest.approx(r["loss"])) for r in rows]
 
     # A rerun of the finished run returns the stored result without starting any training.
     monkeypatch.setattr(train_module, "_fit", lambda *a, **k: pytest.fail("training started"))
