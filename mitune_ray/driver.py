@@ -26,15 +26,17 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import yaml
 
 from mitune_ray import faults, layout, registry
-from mitune_ray.config import Config, load_config
+from mitune_ray.config import Config, keep_effective_batch, load_config, stored_config
 from mitune_ray.errors import MituneError
 from mitune_ray.families import Family, check_weights, family_of_class, resolve_family
 from mitune_ray.manifest import Manifest, read_run
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX, ModelSpec, resolve_model_path
+from mitune_ray.progress import Console, banner_line, silent_progress
 from mitune_ray.prompts import prepare_corpus, read_prompt_shard
 from mitune_ray.runtime import ensure_ray
 from mitune_ray.sampling import Prompt
@@ -135,10 +137,16 @@ def plan_round(cfg: Config, r: int, adapter_uri) -> RoundPlan:
 
 
 class Recipe:
-    """setup() -> run() -> cleanup(); every stage skips itself when already committed."""
+    """setup() -> run() -> cleanup(); every stage skips itself when already committed.
 
-    def __init__(self, cfg: Config, *, log=print):
-        self.cfg, self.log = cfg, log
+    `log`: where its lines go; None: a `progress.Console` on stdout, which also shows a banner
+    per stage and a progress display for generation, training and evaluation."""
+
+    def __init__(self, cfg: Config, *, log=None):
+        self.cfg = cfg
+        console = Console() if log is None else None
+        self.log = console or log
+        self.progress = console.progress if console is not None else silent_progress
         self.store = Store(cfg.run.uri, endpoint_url=cfg.storage.endpoint_url,
                            region=cfg.storage.region)
         self.manifest: Manifest | None = None
@@ -149,24 +157,46 @@ class Recipe:
         self.family = model_family(self.cfg)
         self.cfg = resolve(self.cfg, self.family)
         self.manifest = Manifest(self.store)
+        self.keep_effective_batch()
         self.manifest.create_or_check(self.cfg.to_dict(), self.cfg.fingerprint(),
                                       allow_change=self.cfg.run.allow_config_change)
         self.manifest.acquire()
         self.log(f"run {self.store.uri}: {self.family.name} model {self.cfg.model.path}, "
                  f"{self.cfg.run.rounds} rounds")
 
+    def keep_effective_batch(self) -> None:
+        """Resuming with other train.workers: grad_accum follows, keeping the stored run's
+        samples per optimizer step (`config.keep_effective_batch`; with
+        run.allow_config_change=true a count that cannot keep it goes on with its own)."""
+        stored = stored_config(self.manifest.data.get("config")) if self.manifest.exists else None
+        if stored is None:
+            return
+        try:
+            self.cfg, note = keep_effective_batch(self.cfg, stored)
+        except MituneError:
+            if not self.cfg.run.allow_config_change:
+                raise
+            note = None
+        if note:
+            self.log(note)
+
     def adapter_uri(self, r: int) -> str:
         return self.store.child_uri(layout.adapter_dir(r))
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def commit_stage(self, name: str, fn) -> dict:
+    def commit_stage(self, name: str, fn, banner: tuple[str, Callable[[], str]] | None = None
+                     ) -> dict:
         """Run stage `name` by `fn` (its manifest entry's fields) unless it is committed already,
-        then commit it; the stage's entry either way."""
+        then commit it; the stage's entry either way. `banner`: (title, what the stage will do),
+        shown before it runs."""
         done = self.manifest.stage(name)
         if done is not None:
             self.log(f"[{name}] already committed, skipped")
             return done
+        if banner is not None:
+            title, what = banner
+            self.log(banner_line(title, what()))
         start = time.time()
         info = fn()
         faults.maybe_fail("driver.before_commit", name, kill=True)
@@ -218,7 +248,8 @@ class Recipe:
             model=model, gen=self.cfg.generate, mi=self.cfg.mi, round_index=r,
             prompts=self.store.child(TRAIN_PROMPTS), shards=prompts["train"]["shards"],
             out=self.store.child(layout.round_dir(r)), exclude=excluded, gallery=self.gallery_ids(excluded),
-            expected_prompts=prompts["train"]["train"] - len(excluded), log=self.log)
+            expected_prompts=prompts["train"]["train"] - len(excluded), log=self.log,
+            progress=self.progress)
         return {"prompts": summary.prompts + summary.skipped, "rows": summary.rows,
                 "candidates": summary.candidates, "mi_mean": summary.mi_mean,
                 "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
@@ -253,7 +284,7 @@ class Recipe:
             self.cfg, model_path=self.cfg.model.path, selected=[self.store.child_uri(s) for s in selected],
             out=self.store.child(layout.round_dir(r)), run_name=layout.train_run_name(r),
             init_adapter=plan.init_adapter, base_adapters=plan.base_adapters,
-            validation_prompts=self.validation_prompts(), log=self.log)
+            validation_prompts=self.validation_prompts(), log=self.log, progress=self.progress)
         info = json.loads(json.dumps(dataclasses.asdict(result), default=str))
         return {"adapter": layout.adapter_dir(r), "result": info,
                 "trained_on_rounds": plan.selected_rounds, "init_adapter": plan.init_adapter,
@@ -282,7 +313,8 @@ class Recipe:
         generate_round(model=model, gen=gen, mi=cfg.mi, round_index=0, prompts=prompts.store,
                        shards=prompts.shards, out=out, split=layout.EVAL_SPLIT,
                        expected_prompts=len(prompts.categories), exclude=prompts.excluded,
-                       with_tensors=False, log=self.log)
+                       with_tensors=False, log=self.log, progress=self.progress,
+                       label=f"evaluate {layout.version_label(version)}")
         return score_version(name=version, adapters=adapters, out=out, prompts=prompts,
                              ev=cfg.eval, guidance=gen.guidance,
                              cpus_per_actor=cfg.generate.cpus_per_actor, log=self.log)
@@ -301,15 +333,59 @@ class Recipe:
 
     # -- the recipe -----------------------------------------------------------------------------
 
+    # -- what each stage will do (its banner) --------------------------------------------------
+
+    def round_title(self, r: int, kind: str) -> str:
+        return f"round {r}/{self.cfg.run.rounds}: {kind}"
+
+    def prompts_plan(self) -> str:
+        p = self.cfg.prompts
+        text = f"read {len(p.train)} training source(s)"
+        if p.eval:
+            text += f" and {len(p.eval)} evaluation source(s)"
+        return (text + f": normalise, de-duplicate, hold {p.val_fraction:g} of the training "
+                "prompts out for validation")
+
+    def generate_plan(self, r: int, plan: RoundPlan) -> str:
+        gen, entry = self.cfg.generate, self.manifest.stage(layout.PROMPTS_STAGE)
+        prompts = entry["train"]["train"] - len(entry.get("excluded_eval_overlap", []))
+        model = "the base model"
+        if plan.generate_adapters:
+            model = f"the model tuned by rounds 1-{r - 1}" if r > 2 else "round 1's model"
+        keep = (f"keep {gen.keep} at random" if gen.select_by == "random" else
+                f"keep the best {gen.keep} by {'MI' if gen.select_by == 'mi' else gen.select_by}")
+        return (f"{prompts} training prompts x {gen.candidates} candidates from {model} "
+                f"({gen.steps} steps, guidance {gen.guidance:g}); {keep}")
+
+    def train_plan(self, r: int, plan: RoundPlan) -> str:
+        t = self.cfg.train
+        rounds = ", ".join(str(i) for i in plan.selected_rounds)
+        start = " from round {}'s adapter".format(r - 1) if plan.init_adapter else ""
+        return (f"a rank-{t.rank} DoRA adapter{start}, {t.steps} steps on the images kept in "
+                f"round{'s' if len(plan.selected_rounds) > 1 else ''} {rounds}, "
+                f"{t.workers} worker(s), ZeRO-{t.zero_stage}")
+
+    def evaluate_plan(self, r: int, guidance: float | None = None) -> str:
+        prompts = len(self.eval_prompts().categories)
+        base = self.manifest.stage(layout.evaluate_stage(layout.BASE_VERSION, guidance)) is None
+        return (f"{'the base model and ' if base else ''}the model after round {r} on {prompts} "
+                f"evaluation prompts x {self.cfg.eval.candidates} candidates: "
+                f"{', '.join(self.cfg.eval.metrics)}")
+
+    # -- the recipe -----------------------------------------------------------------------------
+
     def run(self) -> dict:
-        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage)
+        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage, ("prompts", self.prompts_plan))
         for r in range(1, self.cfg.run.rounds + 1):
             plan = plan_round(self.cfg, r, self.adapter_uri)
-            self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
-            self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
+            self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan),
+                              (self.round_title(r, "generate"), lambda: self.generate_plan(r, plan)))
+            self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan),
+                              (self.round_title(r, "train"), lambda: self.train_plan(r, plan)))
             if self.cfg.run.evaluate:
                 self.commit_stage(layout.evaluate_stage(layout.version_dir(r)),
-                                  lambda: self.evaluate_round(r))
+                                  lambda: self.evaluate_round(r),
+                                  (self.round_title(r, "evaluate"), lambda: self.evaluate_plan(r)))
         return self.manifest.data
 
     def run_single_stage(self, stage: str, r: int) -> dict:
@@ -317,37 +393,40 @@ class Recipe:
         earlier rounds must be trained, and training needs the round's generation."""
         if r < 1 or r > self.cfg.run.rounds:
             raise MituneError(f"--round {r} is outside 1..run.rounds={self.cfg.run.rounds}")
-        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage)
+        self.commit_stage(layout.PROMPTS_STAGE, self.prompts_stage, ("prompts", self.prompts_plan))
         plan = plan_round(self.cfg, r, self.adapter_uri)
         for earlier in range(1, r):
             if self.manifest.stage(layout.train_stage(earlier)) is None:
                 raise MituneError(f"round {earlier} is not trained yet; run its stages first "
                                   f"(mitune run, or mitune train --round {earlier})")
         if stage == "generate":
-            return self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan))
+            return self.commit_stage(layout.generate_stage(r), lambda: self.generate_stage(r, plan),
+                                     (self.round_title(r, "generate"),
+                                      lambda: self.generate_plan(r, plan)))
         if self.manifest.stage(layout.generate_stage(r)) is None:
             raise MituneError(f"round {r} has no generated selected set; run "
                               f"'mitune generate --round {r}' first")
-        return self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan))
+        return self.commit_stage(layout.train_stage(r), lambda: self.train_stage(r, plan),
+                                 (self.round_title(r, "train"), lambda: self.train_plan(r, plan)))
 
     def cleanup(self) -> None:
         if self.manifest is not None:
             self.manifest.release()
 
 
-def run(cfg: Config, *, log=print) -> dict:
-    """Run (or resume) a whole MI-TUNE run; returns the final manifest."""
+def run(cfg: Config, *, log=None) -> dict:
+    """Run (or resume) a whole MI-TUNE run; returns the final manifest. `log`: see `Recipe`."""
     recipe = Recipe(cfg, log=log)
     try:
         recipe.setup()
         manifest = recipe.run()
     finally:
         recipe.cleanup()
-    log(status_text(manifest, recipe.store.uri))
+    recipe.log(status_text(manifest, recipe.store.uri))
     return manifest
 
 
-def run_single_stage(cfg: Config, stage: str, r: int, *, log=print) -> dict:
+def run_single_stage(cfg: Config, stage: str, r: int, *, log=None) -> dict:
     """`mitune generate|train --round r` (`Recipe.run_single_stage`); returns the stage's entry."""
     recipe = Recipe(cfg, log=log)
     try:
@@ -358,7 +437,7 @@ def run_single_stage(cfg: Config, stage: str, r: int, *, log=print) -> dict:
 
 
 def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
-                 guidance: float | None = None, log=print) -> dict:
+                 guidance: float | None = None, log=None) -> dict:
     """`mitune eval RUN_URI`: evaluate the base model and every trained round of a run (those not
     evaluated yet), at the run's guidance or, with `guidance`, again at that one."""
     if guidance is not None:
@@ -378,10 +457,16 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
             raise MituneError(f"no round of {run_uri} is trained yet; nothing to evaluate")
         for r in trained:
             recipe.commit_stage(layout.evaluate_stage(layout.version_dir(r), guidance),
-                                lambda r=r: recipe.evaluate_round(r, guidance=guidance))
+                                lambda r=r: recipe.evaluate_round(r, guidance=guidance),
+                                (recipe.round_title(r, "evaluate") + guidance_note(guidance),
+                                 lambda r=r: recipe.evaluate_plan(r, guidance)))
         return recipe.manifest.data
     finally:
         recipe.cleanup()
+
+
+def guidance_note(guidance: float | None) -> str:
+    return "" if guidance is None else f" at guidance {guidance:g}"
 
 
 def status_text(manifest: dict, uri: str) -> str:
@@ -393,7 +478,7 @@ def status_text(manifest: dict, uri: str) -> str:
     if lease:
         lines.append(f"  held by {lease['host']} pid {lease['pid']}")
     stages = manifest.get("stages", {})
-    for name, entry in stages.items():
+    for name, entry in sorted(stages.items(), key=lambda item: layout.pipeline_order(item[0])):
         secs = entry.get("seconds", 0.0)
         kind = layout.stage_kind(name)
         if kind == "prompts":
