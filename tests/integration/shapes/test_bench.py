@@ -175,6 +175,7 @@ def _round1_scores(run) -> dict[str, dict]:
     return {row["prompt_id"]: row for row in rows}
 
 
+@pytest.mark.timeout(1800)  # four runs of the whole loop: ~10 minutes on 2 busy cores
 def test_a_series_of_replicates_shares_pools_reports_contrasts_and_resumes(tmp_path):
     """Two arms x two replicates of --quick, one round: within a replicate both arms choose among
     the same round-1 candidates; the results keep every prompt's rate per replicate and arm, the
