@@ -8,7 +8,7 @@ shapes, no tensor data) before anything loads it, so an adapter of another famil
 is one line naming the folder instead of a shape error deep inside peft.
 
 Example:
-    >>> net.add_adapter(dora_config(fam, cfg.train))  # doctest: +SKIP
+    >>> add_dora_adapter(net, fam, cfg.train)  # DoRA, train.dora_impl's forward  # doctest: +SKIP
     >>> export_adapter(net, fam, "/runs/demo/round-1/adapter")  # doctest: +SKIP
     >>> load_adapters(pipe, fam, ["/runs/demo/round-1/adapter"])  # fused: base speed  # doctest: +SKIP
 """
@@ -42,6 +42,16 @@ def dora_config(fam: Family, train: TrainSection):
 
     return LoraConfig(r=train.rank, lora_alpha=train.alpha or train.rank, use_dora=True,
                       init_lora_weights="gaussian", target_modules=list(fam.target_modules))
+
+
+def add_dora_adapter(net: torch.nn.Module, fam: Family, train: TrainSection) -> None:
+    """Add the DoRA adapter to be trained (`dora_config`) to the denoiser `net`, its linear
+    layers running `train.dora_impl`: the fused forward of `mitune_ray.training.dora` (peft's
+    outputs and gradients, the same parameters and exported file) or peft's own."""
+    from mitune_ray.training.dora import set_dora_impl
+
+    net.add_adapter(dora_config(fam, train))
+    set_dora_impl(net, train.dora_impl)
 
 
 def _metadata_kwarg(fam: Family) -> str:

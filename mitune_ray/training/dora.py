@@ -35,15 +35,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
+from typing import get_args
 
 import torch
 from peft.tuners.lora.dora import DoraLinearLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.lora.variants import DoraLinearVariant
 
+from mitune_ray.config import DoraImpl
 from mitune_ray.errors import MituneError
 
-DORA_IMPLS = ("fused", "peft")
+DORA_IMPLS: tuple[str, ...] = get_args(DoraImpl)
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ class _Worker:
     # -- setup ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        from mitune_ray.adapters import dora_config, load_adapter_weights, load_adapters
+        from mitune_ray.adapters import add_dora_adapter, load_adapter_weights, load_adapters
         from mitune_ray.families import denoiser, load_pipeline
         from mitune_ray.models import resolve_model_path
         from mitune_ray.training.engine import build_engine, deepspeed_config
@@ -161,7 +161,7 @@ class _Worker:
         net = denoiser(pipe, fam)
         net.requires_grad_(False)
         torch.manual_seed(spec.train.seed)  # the same Gaussian init on every rank
-        net.add_adapter(dora_config(fam, spec.train))
+        add_dora_adapter(net, fam, spec.train)  # train.dora_impl's forward (fused by default)
         if spec.init_adapter:
             load_adapter_weights(net, fam, self._local(spec.init_adapter))
         for component in pipe.components.values():

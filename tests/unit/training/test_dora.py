@@ -16,9 +16,10 @@ import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora.dora import DoraLinearLayer
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from mitune_ray.adapters import ADAPTER_FILE, dora_config, export_adapter, load_adapters
+from mitune_ray.adapters import ADAPTER_FILE, add_dora_adapter, export_adapter, load_adapters
 from mitune_ray.config import TrainSection
 from mitune_ray.errors import MituneError
 from mitune_ray.families import denoiser, encode_prompts, load_pipeline, predict, time_ids
@@ -138,6 +139,9 @@ def test_layers_with_dropout_stay_peft_and_bad_names_are_one_line_errors():
     with pytest.raises(MituneError, match="train.dora_impl='triton' is not a DoRA") as err:
         set_dora_impl(net, "triton")
     assert "\n" not in str(err.value) and "fused, peft" in str(err.value)
+    assert TrainSection().dora_impl == "fused"
+    with pytest.raises(ValidationError, match="dora_impl"):
+        TrainSection(dora_impl="triton")
 
 
 def denoiser_inputs(pipe, fam, batch: int = 2) -> dict:
@@ -162,13 +166,12 @@ class Denoise(torch.nn.Module):
 
 
 def adapt(pipe, fam, impl: str) -> torch.nn.Module:
-    """Add the DoRA adapter training adds to `pipe`'s denoiser, run by `impl`; returns the
-    denoiser."""
+    """Add the DoRA adapter training adds (`add_dora_adapter`) to `pipe`'s denoiser, run by
+    `impl`; returns the denoiser."""
     net = denoiser(pipe, fam)
     net.requires_grad_(False)
     torch.manual_seed(0)
-    net.add_adapter(dora_config(fam, TRAIN))
-    set_dora_impl(net, impl)
+    add_dora_adapter(net, fam, TRAIN.model_copy(update={"dora_impl": impl}))
     layers = [m for m in net.modules() if isinstance(m, DoraLinearLayer)]
     assert layers and all(isinstance(m, FusedDoraLinearLayer) == (impl == "fused") for m in layers)
     return net
