@@ -167,6 +167,7 @@ class Progress:
         self.label, self.total, self.unit = label, total, unit
         self.console, self.clock = console, clock
         self.done, self.detail, self.rate_text = initial, "", None
+        self.rate_hint: float | None = None  # units/s measured by the caller (e.g. step times)
         self.start = self.last_line = clock()
         self.last_done = initial  # the count the last line showed
         self.first: tuple[float, float] | None = None  # (time, done) of the first update
@@ -186,8 +187,11 @@ class Progress:
         self.close(finished=kind is None)
 
     def rate(self) -> float | None:
-        """Units per second since the first update (the time to the first one is mostly start-up:
-        model loading, actors starting), or since the start before a second reading."""
+        """Units per second: the caller's own measure if it gave one, else since the first update
+        (the time to the first one is mostly start-up: model loading, actors starting), or since
+        the start before a second reading."""
+        if self.rate_hint:
+            return self.rate_hint
         now = self.clock()
         if self.first is not None and self.done > self.first[1] and now > self.first[0]:
             return (self.done - self.first[1]) / (now - self.first[0])
@@ -199,9 +203,10 @@ class Progress:
                            rate=self.rate(), rate_text=self.rate_text, detail=self.detail)
 
     def update(self, done: float | None = None, *, advance: float = 0, detail: str | None = None,
-               rate_text: str | None = None) -> None:
-        """Set (`done`) or advance the count; `detail` (e.g. the loss) and `rate_text` (e.g. a
-        smoothed samples/s, shown instead of the count's rate) stay until replaced."""
+               rate_text: str | None = None, rate: float | None = None) -> None:
+        """Set (`done`) or advance the count; `detail` (e.g. the loss), `rate_text` (e.g. a
+        smoothed samples/s, shown instead of the count's rate) and `rate` (units/s for the ETA,
+        e.g. from the steps' own times) stay until replaced."""
         with self.console.lock:
             self.done = (self.done if done is None else done) + advance
             if self.first is None:
@@ -210,6 +215,8 @@ class Progress:
                 self.detail = detail
             if rate_text is not None:
                 self.rate_text = rate_text
+            if rate is not None:
+                self.rate_hint = rate
             if self._bar is not None:
                 self.console.refresh_bar(self)
             elif self._line_due():

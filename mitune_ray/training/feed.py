@@ -3,7 +3,8 @@
 A worker's stdout reaches the driver only with `mitune --verbose` (`runtime.ensure_ray`), so rank 0
 sends what the console shows through a Ray queue (an actor that takes no CPU), which a thread of
 the driver reads while `trainer.fit()` blocks: lines go to the driver's `log`, steps to a progress
-display (step/total, loss, smoothed samples/s, ETA; `mitune_ray.progress`).
+display (step/total, loss, smoothed samples/s, the ETA from the steps' own times; checkpoints
+come on top; `mitune_ray.progress`).
 
     with driver_feed(log, progress, total_steps=12) as feed:       # the driver
         TorchTrainer(train_loop, train_loop_config={"spec": spec, "feed": feed}, ...).fit()
@@ -52,15 +53,19 @@ class Display:
     """What the driver does with the messages: lines to `log`, steps to the progress display."""
 
     def __init__(self, log: Callable[[str], None], bar):
-        self.log, self.bar, self.rate = log, bar, SmoothedRate()
+        self.log, self.bar = log, bar
+        self.samples, self.steps = SmoothedRate(), SmoothedRate()
 
     def show(self, kind: str, value) -> None:
         if kind == "line":
             self.log(value)
             return
-        samples_per_s = self.rate.add(value["samples"], value["seconds"])
+        samples_per_s = self.samples.add(value["samples"], value["seconds"])
+        # The ETA from the steps' own times: the time to the first step is the workers' start-up
+        # (model loading, DeepSpeed), and checkpoints come on top.
         self.bar.update(value["step"], detail=f"loss {value['loss']:.4f}",
-                        rate_text=format_rate(samples_per_s, 1.0, "samples"))
+                        rate_text=format_rate(samples_per_s, 1.0, "samples"),
+                        rate=self.steps.add(1, value["seconds"]))
 
 
 @contextmanager

@@ -4,6 +4,8 @@ is exercised by the CLI run in tests/integration/test_console.py."""
 
 import io
 
+import pytest
+
 from mitune_ray.progress import Console
 from mitune_ray.training.feed import Display
 
@@ -20,6 +22,8 @@ def test_lines_go_to_the_log_and_steps_to_the_progress_display():
         assert bar.done == 3 and bar.detail == "loss 0.3333"
         # smoothed: the slow step pulls it down from 16/s, not to 2/s
         assert bar.rate_text == "5.16 samples/s"
+        # the ETA from the steps' times, not from the start (the workers' start-up)
+        assert bar.rate() == pytest.approx(1 / 1.55)
     assert lines == ["fixed-batch loss before training: 1.03849"]
     final = out.getvalue().splitlines()[-1]
     assert final.startswith("train: 3/3 steps in ") and final.endswith(
