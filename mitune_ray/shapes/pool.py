@@ -34,6 +34,7 @@ import torch
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.families import decode_latents, encode_prompts
 from mitune_ray.imaging import to_uint8
+from mitune_ray.metrics.agreement import bootstrap_two_level_interval
 from mitune_ray.mi import draw_levels
 from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.prompts import prompt_id
@@ -172,17 +173,15 @@ def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict
     """
     data = np.array(rows, dtype=float).reshape(-1, 3)
 
-    def ratio(d):
-        room = d[:, 2].mean() - d[:, 1].mean()
-        return float((d[:, 0].mean() - d[:, 1].mean()) / room) if room > 0 else float("nan")
+    def ratio(means):  # the mean (kept, pool, oracle) of a set of prompts
+        room = means[2] - means[1]
+        return float((means[0] - means[1]) / room) if room > 0 else float("nan")
 
-    rng = np.random.default_rng(seed)
-    boots = np.array([ratio(data[rng.integers(0, len(data), len(data))])
-                      for _ in range(BOOTSTRAPS)]) if len(data) else np.array([])
-    boots = boots[np.isfinite(boots)]
-    low, high = np.percentile(boots, [2.5, 97.5]).tolist() if len(boots) else [np.nan, np.nan]
+    # One replicate: the two-level bootstrap reduces to resampling the prompts.
+    low, high = (bootstrap_two_level_interval([data], statistic=ratio, n_boot=BOOTSTRAPS, seed=seed)
+                 if len(data) else (float("nan"), float("nan")))
     kept, pool, oracle = (data.mean(0).tolist() if len(data) else [np.nan] * 3)
-    return {"efficiency": ratio(data) if len(data) else float("nan"), "ci": [low, high],
+    return {"efficiency": ratio(data.mean(0)) if len(data) else float("nan"), "ci": [low, high],
             "kept": kept, "pool": pool, "oracle": oracle, "prompts": len(data)}
 
 

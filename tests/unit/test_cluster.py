@@ -473,7 +473,8 @@ def test_dockerfile_matches_the_manifests_and_bakes_in_no_secret():
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] == "1000"  # numeric, so runAsNonRoot can verify it
     assert any("DS_BUILD_OPS=0" in line and "deepspeed" in line for line in instructions)
-    assert any(re.search(r"pip install .* \.( |$)", line) for line in instructions)
+    # The package itself, with the trackers a job can turn on (tracking.tensorboard / mlflow).
+    assert any(re.search(r'pip install .* "\.\[tracking\]"( |$)', line) for line in instructions)
     for line in instructions:
         if line.split()[0] in ("ENV", "ARG"):
             assert not re.search(r"AWS_|SECRET|PASSWORD|TOKEN", line), line

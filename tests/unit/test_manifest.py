@@ -36,6 +36,12 @@ def check(store, config, *, allow=False):
     return m
 
 
+def hold_once(manifest):
+    """Take and give back the lease: the checked config is written while it is held."""
+    manifest.acquire()
+    manifest.release()
+
+
 def test_a_config_that_changes_results_is_refused_naming_what_changed_unless_allowed(tmp_path):
     store = Store(str(tmp_path))
     check(store, cfg("train.lr=1e-4"))
@@ -56,9 +62,7 @@ def test_a_stored_fingerprint_is_recomputed_by_the_current_rules(tmp_path):
     store = Store(str(tmp_path))
     old = cfg()
     Manifest(store).create_or_check(old.to_dict(), "0ld0ld0ld0ld0ld0", allow_change=False)
-    m = check(store, old)
-    m.acquire()
-    m.release()
+    hold_once(check(store, old))
     assert Manifest(store).data["fingerprint"] == old.fingerprint()
 
 
@@ -67,9 +71,7 @@ def test_where_and_how_it_runs_replaces_the_stored_config(tmp_path):
     check(store, cfg("generate.actors=2", "train.grad_accum=50"))
     moved = cfg("generate.actors=8", "generate.max_batch=16", "train.workers=2",
                 "train.grad_accum=25", "train.gradient_checkpointing=true")
-    m = check(store, moved)
-    m.acquire()
-    m.release()
+    hold_once(check(store, moved))
     assert Manifest(store).data["config"] == moved.to_dict()
 
 
@@ -79,8 +81,7 @@ def test_settings_outside_the_fingerprint_replace_the_stored_config(tmp_path):
     m = check(store, cfg("run.rounds=3"))  # extended, same results
     # Not written before the lease is held: another driver may still be running the run.
     assert Manifest(store).data["config"]["run"]["rounds"] == 1
-    m.acquire()
-    m.release()
+    hold_once(m)
     again = Manifest(store)
     assert again.data["config"]["run"]["rounds"] == 3 and "config_history" not in again.data
 
