@@ -189,6 +189,15 @@ class Store:
         return self._retry("read", rel, lambda: pq.read_table(
             [self.path(p) for p in parts], filesystem=self.filesystem, **kwargs))
 
+    def read_tables(self, rels: list[str], **kwargs):
+        """The `.parquet` files `rels` (paths under this store) as one pyarrow table (kwargs:
+        `columns`, `filters`)."""
+        import pyarrow.parquet as pq
+
+        return self._retry("read", rels[0] if len(rels) == 1 else f"{len(rels)} files",
+                           lambda: pq.read_table([self.path(r) for r in rels],
+                                                 filesystem=self.filesystem, **kwargs))
+
     def delete(self, rel: str) -> None:
         """Remove a file or folder (missing is fine)."""
         fs, target = self.filesystem, self.path(rel)
