@@ -10,13 +10,16 @@ one-line errors; rows past the first are checked as they are decoded, on the wor
 
 `make_dataset` reads and decodes the set once, into Ray's object store, when the decoded arrays
 fit `CACHE_FRACTION` of it (Ray Train's advice for data that fits): every pass then iterates the
-cached blocks. A larger set streams from its shards, once per pass.
+cached blocks (a set up to `DRIVER_DECODE_BYTES` is read and decoded by the driver itself, which
+is faster than Ray Data's read tasks at that size). A larger set streams from its shards, once
+per pass.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ from mitune_ray.storage import Store, is_s3
 REQUIRED_COLUMNS = ("prompt_id", "family", "tensors")
 FOOTER_READERS = 16  # concurrent footer reads: many small S3 shards are latency-bound
 CACHE_FRACTION = 0.25  # of the cluster's object store: a decoded selected set up to this is cached
+DRIVER_DECODE_BYTES = 64 * 2**20  # a decoded selected set up to this is decoded by the driver
+DECODE_BATCH = 64  # rows decoded at a time, one block of the cached set
 
 
 @dataclass(frozen=True)
@@ -226,18 +231,32 @@ def make_dataset(sel: SelectedSet):
     import ray
     import ray.data
 
-    ds = ray.data.read_parquet(list(sel.paths), filesystem=sel.store.filesystem,
-                               columns=["prompt_id", "tensors"])
+    from ray.data.block import BlockAccessor
+
     # Shards are a handful of rows each: shuffling the blocks' order gives each pass a new order
     # at no cost; a local shuffle buffer in the loop mixes rows across neighbouring blocks.
+    if decoded_bytes(sel) <= DRIVER_DECODE_BYTES:
+        # A small set (the demo, tests, a few hundred rows): read and decoded here. Ray Data's
+        # read tasks start worker processes that cost more than such a read (17 s for 7 rows on
+        # 2 cores), and the set is cached in the object store all the same.
+        table = sel.store.read_tables([posixpath.relpath(p, sel.store.root) for p in sel.paths],
+                                      columns=["prompt_id", "tensors"])
+        blocks = [BlockAccessor.batch_to_block(_decode_batch(table.slice(start, DECODE_BATCH)))
+                  for start in range(0, table.num_rows, DECODE_BATCH)]
+        ds = ray.data.from_blocks(blocks).randomize_block_order()
+        ds.context.enable_progress_bars = False
+        return ds
+    ds = ray.data.read_parquet(list(sel.paths), filesystem=sel.store.filesystem,
+                               columns=["prompt_id", "tensors"])
     if fits_cache(sel, ray.cluster_resources().get("object_store_memory", 0)):
         # Read and decoded once, here: re-reading at every pass made training wait on it most of
         # the time when passes are short (a few steps), and its samples/s swung 50-fold.
-        ds = ds.map_batches(_decode_batch, batch_format="pyarrow", batch_size=64).materialize()
+        ds = ds.map_batches(_decode_batch, batch_format="pyarrow",
+                            batch_size=DECODE_BATCH).materialize()
         ds = ds.randomize_block_order()
     else:
         ds = ds.randomize_block_order().map_batches(_decode_batch, batch_format="pyarrow",
-                                                     batch_size=64)
+                                                     batch_size=DECODE_BATCH)
     # Every pass of every worker's shard would log Ray Data's progress every few seconds
     # (thousands of lines in a driver's log): the training shows its own progress.
     ds.context.enable_progress_bars = False

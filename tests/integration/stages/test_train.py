@@ -545,3 +545,32 @@ def test_cpu_training_never_jit_compiles_deepspeeds_shm_allreduce():
 
     skip_cpu_shm_comm()
     assert build_shm_op() is None
+
+
+@pytest.mark.parametrize("way", ["decoded by the driver", "cached by Ray Data", "streamed"])
+def test_the_selected_set_reaches_training_whole_whichever_way_it_is_read(
+        ray_cluster, tiny_folder, tmp_path, monkeypatch, way):
+    """Small sets are decoded by the driver, larger ones read by Ray Data once (cached) or at
+    every pass (streamed): every way gives each row once, decoded to the same arrays."""
+    import mitune_ray.training.data as data
+
+    rows = selected_rows(tiny_folder, "sdxl", 10)
+    selected = write_shards(Store(str(tmp_path)), rows, shards=3)
+    sel = data.open_selected(selected, load_pipeline(tiny_folder("sdxl"))[1])
+    if way != "decoded by the driver":
+        monkeypatch.setattr(data, "DRIVER_DECODE_BYTES", 0)
+    if way == "streamed":
+        monkeypatch.setattr(data, "CACHE_FRACTION", 0.0)
+    got = data.make_dataset(sel).take_all()
+    want = data.decode_rows([r["tensors"] for r in rows], where="the test's rows")
+    assert len(got) == len(rows) and set(got[0]) == set(want) == {"latent", "embeds", "pooled"}
+
+    def key(latent):
+        return latent.tobytes()
+
+    by_latent = {key(got_row["latent"]): got_row for got_row in got}
+    assert len(by_latent) == len(rows)  # each row once
+    for i in range(len(rows)):
+        row = by_latent[key(want["latent"][i])]
+        for name in want:
+            assert (row[name] == want[name][i]).all(), (way, name, i)
