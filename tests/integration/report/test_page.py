@@ -23,7 +23,7 @@ from mitune_ray.report.markup import esc, histogram, table
 from mitune_ray.report.page import write_report
 from mitune_ray.storage import Store
 from mitune_ray.training.tracking import read_table, table_bytes
-from tests.runs import dump, run_cli, tiny_run_config
+from tests.runs import dump, run_cli
 from tests.unit.report.test_plots import texts
 
 CHROMIUM = "/usr/bin/chromium"
@@ -293,15 +293,12 @@ def test_report_to_s3(s3_bucket, tmp_path):
 
 # -- a real run ------------------------------------------------------------------------------------
 
-def test_a_real_run_reports_its_loss_curve_and_tracks_it_in_tensorboard_and_mlflow(tmp_path):
-    """One round of tiny models through the CLI with both trackers on; the report's loss curve,
-    the event files and the MLflow run all hold the training's metrics table, step by step."""
-    uri = str(tmp_path / "run")
-    config = tiny_run_config(tmp_path, uri, rounds=1, run={"evaluate": True}, tracking={
-        "tensorboard": True, "mlflow_tracking_uri": str(tmp_path / "mlflow"),
-        "mlflow_experiment": "tiny-run"})
-    log = tmp_path / "driver.log"
-    assert run_cli(["run", str(config)], cwd=tmp_path, log=log) == 0, dump(log)
+def test_a_real_run_reports_its_loss_curve_and_tracks_it_in_tensorboard_and_mlflow(tracked_run):
+    """One round of tiny models through the CLI with both trackers on (tests/integration/
+    conftest.py); the report's loss curve, the event files and the MLflow run all hold the
+    training's metrics table, step by step."""
+    tmp_path, uri = tracked_run.folder, tracked_run.uri
+    log = tmp_path / "report.log"
     assert run_cli(["report", uri], cwd=tmp_path, log=log) == 0, dump(log)
 
     rows = read_table(Store(uri).child("round-001"))
