@@ -7,7 +7,8 @@ process (no Ray, no DeepSpeed; a GPU when there is one) so a sweep takes minutes
 
 - generation: the loop's `CandidateSampler`, MI by re-noising in the standard form (K = 16), the
   kept candidates chosen by MI, at random, or by the checker (the oracle);
-- fine-tuning: a fresh DoRA adapter on the base each round (`run.chaining=fresh`), AdamW with the
+- fine-tuning: a fresh DoRA adapter on the base each round (`run.chaining=fresh`; the loop's
+  adapter config and its DoRA forward, `train.dora_impl`), AdamW with the
   loop's betas, eps and weight decay, gradient clipping 1.0, the loop's `DenoisingLoss` on the
   kept latents and text embeddings;
 - round r generates with round r-1's adapter; every version is evaluated on held-out prompts with
@@ -303,6 +304,7 @@ class Lab:
         from mitune_ray.adapters import dora_config
         from mitune_ray.families import encode_prompts
         from mitune_ray.training.engine import ADAM_BETAS, ADAM_EPS, WEIGHT_DECAY
+        from mitune_ray.training.dora import set_dora_impl
         from mitune_ray.training.loss import DenoisingLoss
 
         net = copy.deepcopy(start if start is not None else self.base)
@@ -313,6 +315,7 @@ class Lab:
             if TARGETS[trial.targets] is not None:
                 config.target_modules = set(TARGETS[trial.targets])
             net.add_adapter(config)
+            set_dora_impl(net, TrainSection().dora_impl)  # the DoRA forward the loop trains with
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=trial.lr, betas=ADAM_BETAS, eps=ADAM_EPS,
