@@ -181,22 +181,16 @@ class Store:
     def read_parquet(self, rel: str, **kwargs):
         """Every `.parquet` part under `rel` as one pyarrow table (kwargs: `columns`, `filters`),
         or None when there is none."""
-        import pyarrow.parquet as pq
-
         parts = self.list(rel, suffix=".parquet")
-        if not parts:
-            return None
-        return self._retry("read", rel, lambda: pq.read_table(
-            [self.path(p) for p in parts], filesystem=self.filesystem, **kwargs))
+        return self.read_tables(parts, where=rel, **kwargs) if parts else None
 
-    def read_tables(self, rels: list[str], **kwargs):
+    def read_tables(self, rels: list[str], *, where: str | None = None, **kwargs):
         """The `.parquet` files `rels` (paths under this store) as one pyarrow table (kwargs:
-        `columns`, `filters`)."""
+        `columns`, `filters`); `where` names them in errors (default: the first file)."""
         import pyarrow.parquet as pq
 
-        return self._retry("read", rels[0] if len(rels) == 1 else f"{len(rels)} files",
-                           lambda: pq.read_table([self.path(r) for r in rels],
-                                                 filesystem=self.filesystem, **kwargs))
+        return self._retry("read", where or rels[0], lambda: pq.read_table(
+            [self.path(r) for r in rels], filesystem=self.filesystem, **kwargs))
 
     def delete(self, rel: str) -> None:
         """Remove a file or folder (missing is fine)."""
