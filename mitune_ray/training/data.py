@@ -225,6 +225,13 @@ def fits_cache(sel: SelectedSet, object_store_bytes: float) -> bool:
     return decoded_bytes(sel) <= CACHE_FRACTION * object_store_bytes
 
 
+def _read(sel: SelectedSet):
+    import ray.data
+
+    return ray.data.read_parquet(list(sel.paths), filesystem=sel.store.filesystem,
+                                 columns=["prompt_id", "tensors"])
+
+
 def make_dataset(sel: SelectedSet):
     """The selected set as a Ray Dataset of decoded, fixed-shape float32 arrays: cached in the
     object store when it fits (`fits_cache`), else streamed from the shards at every pass."""
@@ -244,19 +251,15 @@ def make_dataset(sel: SelectedSet):
         blocks = [BlockAccessor.batch_to_block(_decode_batch(table.slice(start, DECODE_BATCH)))
                   for start in range(0, table.num_rows, DECODE_BATCH)]
         ds = ray.data.from_blocks(blocks).randomize_block_order()
-        ds.context.enable_progress_bars = False
-        return ds
-    ds = ray.data.read_parquet(list(sel.paths), filesystem=sel.store.filesystem,
-                               columns=["prompt_id", "tensors"])
-    if fits_cache(sel, ray.cluster_resources().get("object_store_memory", 0)):
+    elif fits_cache(sel, ray.cluster_resources().get("object_store_memory", 0)):
         # Read and decoded once, here: re-reading at every pass made training wait on it most of
         # the time when passes are short (a few steps), and its samples/s swung 50-fold.
-        ds = ds.map_batches(_decode_batch, batch_format="pyarrow",
-                            batch_size=DECODE_BATCH).materialize()
+        ds = _read(sel).map_batches(_decode_batch, batch_format="pyarrow",
+                                    batch_size=DECODE_BATCH).materialize()
         ds = ds.randomize_block_order()
     else:
-        ds = ds.randomize_block_order().map_batches(_decode_batch, batch_format="pyarrow",
-                                                     batch_size=DECODE_BATCH)
+        ds = _read(sel).randomize_block_order().map_batches(
+            _decode_batch, batch_format="pyarrow", batch_size=DECODE_BATCH)
     # Every pass of every worker's shard would log Ray Data's progress every few seconds
     # (thousands of lines in a driver's log): the training shows its own progress.
     ds.context.enable_progress_bars = False
