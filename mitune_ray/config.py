@@ -135,6 +135,10 @@ class GenerateSection(Section):
     fuse_qkv: bool = False  # one matmul for Q, K and V (after adapters are fused)
     channels_last: bool = False  # NHWC convolutions (UNets)
     prune: PruneSection = Field(default_factory=PruneSection)
+    # A folder (local or s3://) where the base model's candidates and their MI are kept, so that
+    # runs that differ only in how they select (select_by, keep) sample them once: the arms of a
+    # ShapesWorld series (mitune_ray/candidate_cache.py). None: nothing is cached.
+    candidate_cache: str | None = None
 
     @model_validator(mode="after")
     def _keep_at_most_candidates(self):
@@ -287,7 +291,7 @@ class Config(Section):
 PLACEMENT = (
     "generate.actors", "generate.gpus_per_actor", "generate.cpus_per_actor", "generate.max_batch",
     "generate.prompts_per_batch", "generate.compile", "generate.fuse_qkv",
-    "generate.channels_last",
+    "generate.channels_last", "generate.candidate_cache",
     "train.use_gpu", "train.cpus_per_worker", "train.gradient_checkpointing", "train.dora_impl",
     "train.max_failures",
 )

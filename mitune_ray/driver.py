@@ -253,7 +253,8 @@ class Recipe:
         return {"prompts": summary.prompts + summary.skipped, "rows": summary.rows,
                 "candidates": summary.candidates, "mi_mean": summary.mi_mean,
                 "mi_std": summary.mi_std, "generate_seconds": summary.seconds,
-                "actors": len(summary.actors), "adapters": plan.generate_adapters,
+                "actors": len(summary.actors), "cached_prompts": summary.cached,
+                "adapters": plan.generate_adapters,
                 "selected": f"{layout.round_dir(r)}/{layout.SELECTED}",
                 "pool": None if summary.pool is None else dataclasses.asdict(summary.pool)}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from mitune_ray.mi import (
     eps_term, flow_levels, flow_trajectory_weights, mean_and_stderr, renoise_terms, velocity_term,
 )
 from mitune_ray.select import top_k
+
+if TYPE_CHECKING:
+    from mitune_ray.candidate_cache import CandidateCache
 
 
 def derive_seed(*parts: object) -> int:
@@ -82,12 +86,14 @@ class CandidateSampler:
 
     def __init__(self, pipe, fam: Family, gen: GenerateSection, mi: MISection, *, device,
                  dtype: torch.dtype = torch.float32, resolution: int | None = None,
-                 scorer=None, judge=None):
+                 scorer=None, judge=None, cache: CandidateCache | None = None):
         """`scorer(prompt_text, images) -> scores` ranks candidates when `gen.select_by` names a
         selector (e.g. "checker", the ShapesWorld oracle); MI or a random draw otherwise. `judge(prompt_text, images)
         -> scores` (e.g. fully correct 1/0), when given, scores every finished candidate, so that
-        the kept ones can be compared with the pool."""
+        the kept ones can be compared with the pool. `cache`: where a batch's candidates and
+        their MI are read from when all there, and stored otherwise (`candidate_cache`)."""
         self.pipe, self.fam, self.gen, self.mi_cfg = pipe, fam, gen, mi
+        self.cache = cache
         if gen.select_by not in ("mi", "random") and scorer is None:
             raise ValueError(f"generate.select_by={gen.select_by} needs a scorer (a registered "
                              "selector, e.g. ShapesWorld's checker)")
@@ -223,6 +229,37 @@ class CandidateSampler:
         indices = list(range(self.gen.candidates)) if candidates is None else list(candidates)
         cond = encode_prompts(self.pipe, self.fam, [p.text for p in prompts], self.device)
         n = len(indices)
+        ids = [p.prompt_id for p in prompts]
+        cached = None if self.cache is None else self.cache.load(ids, round_index, indices,
+                                                                 self.device)
+        if cached is None:
+            finals, mi, se = self._sample_and_score(prompts, round_index, indices, cond)
+            if self.cache is not None:
+                self.cache.save(ids, round_index, indices, finals, mi, se)
+        else:
+            finals, mi, se = cached
+        decoded: dict[tuple[int, int], object] = {}  # each latent is decoded at most once
+        results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode, decoded)
+        if self.judge is not None:
+            for p, res in enumerate(results):
+                cols = sorted(c for q, c in finals if q == p)
+                scores = self.judge(res.prompt.text, self._decode([(p, c) for c in cols], finals,
+                                                                  decoded))
+                res.pool = [float("nan")] * n
+                for c, v in zip(cols, scores):
+                    res.pool[c] = float(v)
+        for p, res in enumerate(results):
+            if res.prompt.prompt_id in gallery:
+                keys = sorted(k for k in finals if k[0] == p)
+                images = self._decode(keys, finals, decoded)
+                res.gallery = [(indices[c], img) for (_, c), img in zip(keys, images)]
+        return results
+
+    def _sample_and_score(self, prompts: list[Prompt], round_index: int, indices: list[int],
+                          cond: Conditioning):
+        """Every candidate's final latent (by (prompt, column); pruned ones absent), MI and its
+        standard error ((prompts, columns), NaN where pruned)."""
+        n = len(indices)
         mi = torch.full((len(prompts), n), float("nan"))
         se = torch.full((len(prompts), n), float("nan"))
         finals: dict[tuple[int, int], torch.Tensor] = {}
@@ -241,22 +278,7 @@ class CandidateSampler:
                 finals[(p, col)] = latents[j]
         if self.mi_cfg.estimator == "renoise":
             self._renoise(prompts, cond, round_index, finals, mi, se)
-        decoded: dict[tuple[int, int], object] = {}  # each latent is decoded at most once
-        results = self._select(prompts, round_index, indices, cond, finals, mi, se, decode, decoded)
-        if self.judge is not None:
-            for p, res in enumerate(results):
-                cols = sorted(c for q, c in finals if q == p)
-                scores = self.judge(res.prompt.text, self._decode([(p, c) for c in cols], finals,
-                                                                  decoded))
-                res.pool = [float("nan")] * n
-                for c, v in zip(cols, scores):
-                    res.pool[c] = float(v)
-        for p, res in enumerate(results):
-            if res.prompt.prompt_id in gallery:
-                keys = sorted(k for k in finals if k[0] == p)
-                images = self._decode(keys, finals, decoded)
-                res.gallery = [(indices[c], img) for (_, c), img in zip(keys, images)]
-        return results
+        return finals, mi, se
 
     def _decode(self, keys: list[tuple[int, int]], finals, decoded) -> list:
         """uint8 images of the latents `finals[key]`, decoding (in max_batch chunks) only those

@@ -53,6 +53,9 @@ from mitune_ray.storage import Store
 
 ARMS = ("mi", "random", "checker", "anti")  # anti: the checker reversed (an anti-oracle)
 RESULTS = "shapes-bench.json"  # in --out, beside the runs
+# In --out: the base model's candidates and MI, sampled by a replicate's first arm and read back by
+# the others (`generate.candidate_cache`): round 1 and the base model's evaluation images.
+CANDIDATE_CACHE = "candidates"
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool,
         f"prompts.eval=[shapes:eval:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
         f"generate.candidates={scale.candidates}", f"generate.keep={scale.keep}",
         f"generate.steps={scale.steps}", f"generate.guidance={scale.guidance}",
-        "generate.max_batch=64",
+        "generate.max_batch=64", f"generate.candidate_cache={root}/{CANDIDATE_CACHE}",
         f"generate.prompts_per_batch={4 if quick else 8}", f"generate.actors={actors}",
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
         "train.rank=8", f"train.batch_size={scale.train_batch}", "train.grad_accum=1",

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mitune_ray import faults, layout, registry, runtime
+from mitune_ray.candidate_cache import CandidateCache, cache_key
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.faults import maybe_fail
@@ -52,6 +53,7 @@ class GenerationSummary:
     actors: tuple[str, ...]
     output: str
     pool: PoolCheck | None = None  # over the whole round, resumed prompts included
+    cached: int = 0  # prompts whose candidates came from `generate.candidate_cache`
 
     def line(self) -> str:
         rate = self.candidates / self.seconds if self.seconds > 0 else float("nan")
@@ -59,6 +61,8 @@ class GenerationSummary:
                 f"{self.candidates} candidates in {self.seconds:.1f}s ({rate:.2f} candidates/s) on "
                 f"{len(self.actors)} actors; selected MI {self.mi_mean:.4g} +- {self.mi_std:.2g}; "
                 f"{self.rows} rows in {self.output}")
+        if self.cached:
+            text += f"; {self.cached} prompts' candidates read from the candidate cache"
         return text if self.pool is None else f"{text}; {self.pool.line()}"
 
 
@@ -67,9 +71,11 @@ class GenerateUDF:
 
     def __init__(self, model: ModelSpec, gen: GenerateSection, mi: MISection, round_index: int,
                  out: Store, gallery: frozenset[str] = frozenset(), with_tensors: bool = True,
-                 scorer: str | None = None, judge: str | None = None):
+                 scorer: str | None = None, judge: str | None = None,
+                 cache: Store | None = None):
         """`scorer` / `judge`: entry points (`mitune_ray.registry`) of the selector and the pool
-        metric, imported here: this process never ran the driver's registration."""
+        metric, imported here: this process never ran the driver's registration. `cache`: the
+        `generate.candidate_cache` folder (used only for a model without adapters)."""
         from mitune_ray.sampling import CandidateSampler
 
         pipe, fam, device, dtype = load_model(model)
@@ -82,10 +88,14 @@ class GenerateUDF:
                 channels_last=gen.channels_last,
                 compile_cache_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "mitune-inductor")))
         self.family = fam.name
+        self.cache = None if cache is None or model.adapters else CandidateCache(cache, cache_key(
+            model={"path": model.path, "family": fam.name, "dtype": str(dtype),
+                   "resolution": model.resolution},
+            gen=gen, mi=mi, device=device.type))
         self.sampler = CandidateSampler(
             pipe, fam, gen, mi, device=device, dtype=dtype, resolution=model.resolution,
             scorer=registry.load(scorer) if scorer else None,
-            judge=registry.load(judge) if judge else None)
+            judge=registry.load(judge) if judge else None, cache=self.cache)
         self.round_index, self.out = round_index, out
         self.gallery, self.with_tensors = gallery, with_tensors
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
@@ -95,7 +105,9 @@ class GenerateUDF:
         start = time.perf_counter()
         prompts = [Prompt(pid, text) for pid, text in
                    zip(batch.column("prompt_id").to_pylist(), batch.column("prompt").to_pylist())]
+        hits = 0 if self.cache is None else self.cache.hits
         results = self.sampler.generate(prompts, self.round_index, gallery=self.gallery)
+        cached = self.cache is not None and self.cache.hits > hits
         selected, scores, gallery = [], [], []
         for res in results:
             pid = res.prompt.prompt_id
@@ -135,6 +147,7 @@ class GenerateUDF:
             "candidates": [sum(1 for v in r.mi if v == v) for r in results],
             "mi_best": best,
             "actor": [self.actor] * len(prompts),
+            "cached": [cached] * len(prompts),
             "seconds": [seconds / len(prompts)] * len(prompts),
         })
 
@@ -194,6 +207,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         registry.SELECTORS, gen.select_by, where="generate.select_by")
     judge = None if gen.pool_metric in ("auto", "none") else registry.entry(
         registry.POOL_METRICS, gen.pool_metric, where="generate.pool_metric")
+    cache = None if gen.candidate_cache is None else Store(
+        gen.candidate_cache, endpoint_url=out.endpoint_url, region=out.region)
     done = frozenset(done_prompt_ids(out))
     if expected_prompts is not None and len(done) >= expected_prompts:
         summary = GenerationSummary(0, len(done), _count_rows(out), 0, 0.0, float("nan"),
@@ -222,7 +237,8 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         GenerateUDF, fn_constructor_kwargs={"model": model, "gen": gen, "mi": mi,
                                             "round_index": round_index, "out": out,
                                             "gallery": gallery, "with_tensors": with_tensors,
-                                            "scorer": scorer, "judge": judge},
+                                            "scorer": scorer, "judge": judge,
+                                            "cache": cache},
         batch_size=gen.prompts_per_batch, batch_format="pyarrow",
         # One batch in flight per actor: batches take seconds to minutes each, and queueing several
         # on the first actor to start would leave the others idle on small corpora.
@@ -231,7 +247,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         runtime_env=faults.runtime_env() or None,
     )
     start = time.perf_counter()
-    n_prompts = n_candidates = 0
+    n_prompts = n_candidates = n_cached = 0
     best: list[float] = []
     actors: set[str] = set()
     remaining = None if expected_prompts is None else expected_prompts - len(done)
@@ -240,6 +256,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 n_prompts += batch.num_rows
                 n_candidates += sum(batch.column("candidates").to_pylist())
+                n_cached += sum(batch.column("cached").to_pylist())
                 best += batch.column("mi_best").to_pylist()
                 actors |= set(batch.column("actor").to_pylist())
                 bar.update(n_prompts, detail=f"{n_candidates} candidates")
@@ -256,7 +273,7 @@ def generate_round(*, model: ModelSpec, gen: GenerateSection, mi: MISection, rou
         mi_mean=float(values.mean()) if len(values) else float("nan"),
         mi_std=float(values.std()) if len(values) else float("nan"),
         actors=tuple(sorted(actors)), output=out.child_uri(layout.SELECTED),
-        pool=read_pool_check(out))
+        pool=read_pool_check(out), cached=n_cached)
     if expected_prompts is not None and rows != expected_prompts * gen.keep:
         raise MituneError(f"round {round_index} selected set at {summary.output} has {rows} rows, "
                           f"expected {expected_prompts} prompts x keep {gen.keep}; rerun to resume")

@@ -182,3 +182,52 @@ def test_a_judge_scores_every_candidate_for_the_pool_check(pipes):
     gallery = dict(res[0].gallery)  # the judged images are the gallery's
     assert [float(gallery[i].mean() > 127) for i in range(4)] == res[0].pool
     assert make(pipes, "sd", mi={"renoise_draws": 4}).generate(PROMPTS[:1], 1)[0].pool == []
+
+
+def test_the_candidate_cache_gives_back_a_batch_for_another_selection(pipes, tmp_path,
+                                                                      monkeypatch):
+    """A second sampler with another select_by / keep reads the first one's candidates and MI
+    instead of sampling, and selects among exactly those; other settings miss."""
+    from mitune_ray.candidate_cache import CandidateCache, cache_key
+    from mitune_ray.storage import Store
+
+    pipe, fam = pipes("sd")
+    mi = MISection(estimator="renoise", renoise_draws=4, form="standard")
+
+    def sampler(**gen):
+        settings = GenerateSection(**({"candidates": 5, "keep": 2, "steps": 6, "max_batch": 4}
+                                      | gen))
+        key = cache_key(model={"path": "tiny-sd"}, gen=settings, mi=mi, device="cpu")
+        cache = CandidateCache(Store(str(tmp_path / "cache")), key)
+        return CandidateSampler(pipe, fam, settings, mi, device="cpu", cache=cache)
+
+    first = sampler(select_by="mi")
+    by_mi = first.generate(PROMPTS, 1, decode=False)
+    assert (first.cache.hits, first.cache.misses) == (0, 1)
+    assert len(list((tmp_path / "cache" / first.cache.key / "round-001").iterdir())) == 2
+
+    uncached = make(pipes, "sd", candidates=5, keep=3, steps=6, select_by="random",
+                    mi=mi.model_dump()).generate(PROMPTS, 1, decode=False)
+    second = sampler(select_by="random", keep=3)
+    assert second.cache.key == first.cache.key  # selection is not part of the key
+    monkeypatch.setattr(second, "_sample_and_score", lambda *a: pytest.fail("sampled again"))
+    by_random = second.generate(PROMPTS, 1)
+    assert (second.cache.hits, second.cache.misses) == (1, 0)
+    for a, b, c in zip(by_mi, by_random, uncached):
+        assert a.mi == b.mi == c.mi and a.mi_stderr == b.mi_stderr  # bit for bit
+        assert [s.index for s in b.selected] == [s.index for s in c.selected]
+        for s, t in zip(b.selected, c.selected):
+            assert torch.equal(s.latent, t.latent) and s.seed == t.seed
+            assert s.image.shape == (32, 32, 3)  # decoded from the cached latent
+
+    for other in ({"guidance": 3.0}, {"steps": 5}, {"seed": 1}):
+        missing = sampler(**other)
+        assert missing.cache.key != first.cache.key
+        missing.generate(PROMPTS[:1], 1, decode=False)
+        assert (missing.cache.hits, missing.cache.misses) == (0, 1)
+    partly = sampler(select_by="random")  # a batch with a prompt not cached is sampled whole
+    partly.generate([PROMPTS[0], Prompt("p-new", "a green cone")], 1, decode=False)
+    assert (partly.cache.hits, partly.cache.misses) == (0, 1)
+    later = sampler()  # another round: other seeds
+    later.generate(PROMPTS, 2, decode=False)
+    assert (later.cache.hits, later.cache.misses) == (0, 1)

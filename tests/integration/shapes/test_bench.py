@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from mitune_ray import layout
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes.bench import (
     ARMS, Scale, arm_config, scale_changes, series_statistics, shared_base, svg_plot,
@@ -197,9 +198,15 @@ def test_a_series_of_replicates_shares_pools_reports_contrasts_and_resumes(tmp_p
         scores[rep] = {arm: _round1_scores(run) for arm, run in runs.items()}
         oracle, anti = scores[rep]["checker"], scores[rep]["anti"]
         assert oracle.keys() == anti.keys() and oracle
+        # The first arm sampled round 1's candidates and the base model's evaluation images; the
+        # second read them from the bench's candidate cache.
+        generated = {arm: json.loads((run / "manifest.json").read_text())["stages"][
+            layout.generate_stage(1)] for arm, run in runs.items()}
+        assert generated["checker"]["cached_prompts"] == 0
+        assert generated["anti"]["cached_prompts"] == generated["anti"]["prompts"] > 0
         for pid, row in oracle.items():  # the same candidates: the same MI and checker verdicts
             assert anti[pid]["pool_metric"] == row["pool_metric"]
-            assert anti[pid]["mi"] == pytest.approx(row["mi"], rel=1e-6)
+            assert anti[pid]["mi"] == row["mi"]  # bit for bit
             judged = row["pool_metric"]
             assert judged[row["selected"][0]] == max(judged)
             assert judged[anti[pid]["selected"][0]] == min(judged)
