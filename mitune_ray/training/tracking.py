@@ -13,7 +13,7 @@ checkpoints). Rank 0 of the training keeps the rows in a `MetricsLog`, which
   again by its `mitune.training` tag when the training resumes (MLflow keeps the steps redone
   after a resume twice: it cannot delete a metric's points; the table is the exact record).
 
-Ray Train's reports (`ray.train.report`) carry the same row from every rank. `read_table`
+Ray Train's reports (`ray.train.report`, one a checkpoint) carry that step's row. `read_table`
 reads the table back (the report's loss curve). The driver resolves the settings into a
 `TrackingSpec` (`tracking_spec`), which fails on a bad setting before any worker starts.
 
