@@ -113,7 +113,10 @@ class GenerateSection(Section):
     keep: int = Field(1, ge=1)  # top-k kept per prompt (reference: 1)
     steps: int = Field(100, ge=1)  # reference: 100 DDPM steps
     guidance: float = Field(7.5, ge=0.0)  # reference: 7.5
-    scheduler: Literal["ddpm", "model"] = "ddpm"  # ddpm (reference) or the folder's own scheduler
+    # The sampler of DDPM-trained families: ddpm (the reference's ancestral sampler), ddim (eta 0)
+    # or dpmsolver (DPM-Solver++, 2nd order multistep): fast solvers for fewer steps; model: the
+    # folder's own scheduler. Rectified-flow families (SD3.5) always use their own Euler sampler.
+    scheduler: Literal["ddpm", "ddim", "dpmsolver", "model"] = "ddpm"
     max_batch: int = Field(64, ge=1)  # candidates per denoiser call (CFG doubles it)
     prompts_per_batch: int = Field(8, ge=1)  # prompts per Ray Data batch (one output shard each)
     actors: int = Field(1, ge=1)  # generation actors (one pipeline each)

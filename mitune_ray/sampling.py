@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.errors import MituneError
 from mitune_ray.families import (
     Conditioning, Family, decode_latents, encode_prompts, latent_shape, predict, time_ids,
 )
@@ -120,16 +121,26 @@ class CandidateSampler:
                            if gen.prune.enabled and gen.prune.keep < 1.0 else None)
 
     def _make_scheduler(self):
-        from diffusers import DDPMScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-        if self.fam.process == "ddpm":
-            if self.gen.scheduler == "ddpm":
-                return DDPMScheduler.from_config(self.pipe.scheduler.config)
-            if not hasattr(self.pipe.scheduler, "alphas_cumprod"):
-                raise ValueError(f"scheduler {type(self.pipe.scheduler).__name__} is not discrete-time")
-            return self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
-        # Rectified flow: the model's own (shifted) Euler scheduler; DDPM does not apply.
-        return self.pipe.scheduler.__class__.from_config(self.pipe.scheduler.config)
+        config, name = self.pipe.scheduler.config, self.gen.scheduler
+        if self.fam.process == "flow":
+            # Rectified flow: the model's own (shifted) Euler scheduler; DDPM's solvers do not apply.
+            if name in ("ddim", "dpmsolver"):
+                raise MituneError(f"generate.scheduler={name} is a solver for DDPM-trained models; "
+                                  f"{self.fam.name} samples with its own flow scheduler: use "
+                                  "generate.scheduler=model (or leave the default)")
+            return self.pipe.scheduler.__class__.from_config(config)
+        if name == "ddpm":
+            return DDPMScheduler.from_config(config)
+        if name == "ddim":
+            return DDIMScheduler.from_config(config)
+        if name == "dpmsolver":
+            return DPMSolverMultistepScheduler.from_config(
+                config, algorithm_type="dpmsolver++", solver_order=2)
+        if not hasattr(self.pipe.scheduler, "alphas_cumprod"):
+            raise ValueError(f"scheduler {type(self.pipe.scheduler).__name__} is not discrete-time")
+        return self.pipe.scheduler.__class__.from_config(config)
 
     def _set_timesteps(self) -> None:
         kwargs = {}
@@ -176,6 +187,7 @@ class CandidateSampler:
             if i == self.prune_step:
                 keep = self._prune(acc.mi, segments or [batch])
                 latents, alive, gens = latents[keep], alive[keep], [gens[j] for j in keep.tolist()]
+                self._keep_solver_state(keep.to(self.device))
                 acc.select(keep.to(self.device))
                 rows = keep.to(embeds.device)
                 half = len(embeds) // 2
@@ -196,6 +208,13 @@ class CandidateSampler:
             step_kwargs = {"generator": gens} if self.fam.process == "ddpm" else {}
             latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
         return alive, latents.float(), acc
+
+    def _keep_solver_state(self, keep: torch.Tensor) -> None:
+        """A multistep solver (DPM-Solver++) keeps its last predictions per row: keep those of
+        the rows that go on."""
+        previous = getattr(self.scheduler, "model_outputs", None)
+        if previous is not None:
+            self.scheduler.model_outputs = [None if x is None else x[keep] for x in previous]
 
     def _prune(self, mi: torch.Tensor, segments: list[int]) -> torch.Tensor:
         """Successive halving: the best `prune.keep` of each prompt's candidates by MI so far."""

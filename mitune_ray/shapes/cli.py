@@ -1,4 +1,4 @@
-"""`mitune shapes train | bench | pool`."""
+"""`mitune shapes train | bench | pool | frontier`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ COMMANDS = {
     "train": "train the bundled ShapesWorld model from scratch (CPU)",
     "bench": "does MI agree with the exact checker, and does MI-TUNE raise alignment?",
     "pool": "pool selection efficiency of every MI estimator variant",
+    "frontier": "denoiser rows per kept image against selection efficiency, over samplers, "
+                "steps, candidates and re-noising draws",
 }
 
 
@@ -72,6 +74,10 @@ def main(argv: list[str]) -> int:
         from mitune_ray.shapes.pool import main as pool_main
 
         return pool_main(rest)
+    if action == "frontier":
+        from mitune_ray.shapes.frontier import main as frontier_main
+
+        return frontier_main(rest)
     parser = argparse.ArgumentParser(
         prog="mitune shapes", description="ShapesWorld, the testbed with an exact checker "
         "(mitune_ray/shapes/README.md): " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))

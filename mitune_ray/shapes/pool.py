@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.errors import MituneError
 from mitune_ray.families import decode_latents, encode_prompts
 from mitune_ray.imaging import to_uint8
 from mitune_ray.metrics.agreement import bootstrap_two_level_interval
@@ -57,6 +58,7 @@ class PoolScale:
     steps: int = 25
     guidance: float = 7.5  # the operating guidance of the ShapesWorld bench
     batch_prompts: int = 4  # prompts per unit of resumable work (sampled in one denoiser batch)
+    sampler: str = "ddpm"  # `generate.scheduler`: ddpm, ddim or dpmsolver
 
 
 QUICK = PoolScale(val_prompts=2, prompts=3, candidates=4, draws=8, steps=4, batch_prompts=2)
@@ -106,7 +108,7 @@ def _short(values: torch.Tensor) -> list:
         values.double().cpu().numpy()).tolist()
 
 
-def _prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
+def prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
     lists = {"validation": tune_prompts(scale.val_prompts, seed=7)}
     if scale.prompts:
         lists["held_out"] = eval_prompts(scale.prompts, seed=0)
@@ -204,24 +206,59 @@ def summarize(records: list[dict], draws: int) -> dict:
     return out
 
 
-def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
-    """Score (or resume scoring) both prompt lists and summarize every variant on each."""
+SAMPLERS = ("ddpm", "ddim", "dpmsolver")
+
+
+def pool_sampler(model_path: str, scale: PoolScale) -> CandidateSampler:
+    """The bundled model's sampler at the pool's settings (MI along the trajectory: the paper's
+    form comes free with sampling; the re-noising draws are scored separately)."""
     pipe, fam, device, dtype = load_model(ModelSpec(model_path))
     gen = GenerateSection(candidates=scale.candidates, keep=1, steps=scale.steps,
-                          guidance=scale.guidance, max_batch=64)
-    sampler = CandidateSampler(pipe, fam, gen, MISection.paper(), device=device, dtype=dtype)
+                          guidance=scale.guidance, max_batch=64, scheduler=scale.sampler)
+    return CandidateSampler(pipe, fam, gen, MISection.paper(), device=device, dtype=dtype)
+
+
+def score_split(sampler: CandidateSampler, out: Store, split: str, texts: list[str],
+                scale: PoolScale, log=print) -> list[dict]:
+    """Every prompt's record (`score_batch`), scored now or read back from `out`."""
+    records: list[dict] = []
+    start = time.perf_counter()
+    for i in range(0, len(texts), scale.batch_prompts):
+        rel = f"{split}/part-{i:05d}.json"
+        if not out.exists(rel):
+            out.write_bytes(rel, json.dumps(score_batch(
+                sampler, texts[i : i + scale.batch_prompts], scale)).encode())
+            log(f"[pool] {split}: {min(i + scale.batch_prompts, len(texts))}/{len(texts)} "
+                f"prompts scored ({time.perf_counter() - start:.0f}s)")
+        records += json.loads(out.read_bytes(rel))
+    return records
+
+
+# What a work folder's records depend on: a rerun with other values would mix pools.
+WORK_KEYS = ("candidates", "draws", "steps", "guidance", "batch_prompts", "sampler")
+WORK = "work.json"
+
+
+def check_work(out: Store, scale: PoolScale, model_path: str) -> None:
+    """Record what `out`'s records are scored with, or refuse a rerun that would mix them."""
+    want = {k: getattr(scale, k) for k in WORK_KEYS} | {"model": model_path}
+    if not out.exists(WORK):
+        out.write_json(WORK, want)
+        return
+    have = out.read_json(WORK)
+    changed = [f"{k} {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
+    if changed:
+        raise MituneError(f"the pool work folder {out.uri} was scored with other settings "
+                          f"({'; '.join(changed)}): use another --out, or the same settings")
+
+
+def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
+    """Score (or resume scoring) both prompt lists and summarize every variant on each."""
+    check_work(out, scale, model_path)
+    sampler = pool_sampler(model_path, scale)
     result: dict = {"scale": asdict(scale), "model": model_path, "splits": {}}
-    for split, texts in _prompt_lists(scale).items():
-        records: list[dict] = []
-        start = time.perf_counter()
-        for i in range(0, len(texts), scale.batch_prompts):
-            rel = f"{split}/part-{i:05d}.json"
-            if not out.exists(rel):
-                out.write_bytes(rel, json.dumps(score_batch(
-                    sampler, texts[i : i + scale.batch_prompts], scale)).encode())
-                log(f"[pool] {split}: {min(i + scale.batch_prompts, len(texts))}/{len(texts)} "
-                    f"prompts scored ({time.perf_counter() - start:.0f}s)")
-            records += json.loads(out.read_bytes(rel))
+    for split, texts in prompt_lists(scale).items():
+        records = score_split(sampler, out, split, texts, scale, log)
         result["splits"][split] = {"prompts": len(records), "variants": summarize(records, scale.draws),
                                    "records": [{k: r[k] for k in ("prompt_id", "prompt", "correct")}
                                                for r in records]}
@@ -262,7 +299,11 @@ def main(argv: list[str]) -> int:
     base = QUICK if args.quick else PoolScale()
     scale = PoolScale(**{f: getattr(args, f) if getattr(args, f) is not None else v
                          for f, v in asdict(base).items()})
+    if scale.sampler not in SAMPLERS:
+        parser.error(f"--sampler {scale.sampler} is not one of {', '.join(SAMPLERS)}")
     for field, value in asdict(scale).items():
+        if field == "sampler":
+            continue
         if not (value > 0 or (field == "prompts" and value == 0)):
             least = "0 (no held-out prompts)" if field == "prompts" else "above 0"
             parser.error(f"--{field.replace('_', '-')} {value} must be {least}")

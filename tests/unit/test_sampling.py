@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mitune_ray.config import GenerateSection, MISection
+from mitune_ray.errors import MituneError
 from mitune_ray import sampling
 from mitune_ray.families import load_pipeline
 from mitune_ray.sampling import CandidateSampler, Prompt, candidate_seed
@@ -231,3 +232,37 @@ def test_the_candidate_cache_gives_back_a_batch_for_another_selection(pipes, tmp
     later = sampler()  # another round: other seeds
     later.generate(PROMPTS, 2, decode=False)
     assert (later.cache.hits, later.cache.misses) == (0, 1)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver"])
+def test_fast_solvers_sample_as_diffusers_own_pipeline_does(pipes, scheduler):
+    """DDIM (eta 0) and DPM-Solver++: the candidates are, bit for bit, what diffusers' pipeline
+    with that scheduler makes from the same noise, prompt and guidance; MI scores them."""
+    pipe, fam = pipes("sd")
+    sampler = make(pipes, "sd", candidates=2, keep=2, steps=12, scheduler=scheduler,
+                   mi={"estimator": "renoise", "renoise_draws": 4, "form": "standard"})
+    res = sampler.generate(PROMPTS[:1], 1, decode=False)[0]
+    ours = torch.stack([s.latent for s in sorted(res.selected, key=lambda s: s.index)])
+    noise = torch.cat([torch.randn((1, *sampler.shape), generator=torch.Generator().manual_seed(
+        candidate_seed(0, PROMPTS[0].prompt_id, 1, c))) for c in range(2)])
+    theirs = type(pipe)(**{**pipe.components, "scheduler": sampler._make_scheduler()})(
+        PROMPTS[0].text, negative_prompt="", num_inference_steps=12, guidance_scale=7.5,
+        num_images_per_prompt=2, latents=noise, output_type="latent").images
+    assert torch.equal(ours, theirs) and all(math.isfinite(v) for v in res.mi)
+    ancestral = make(pipes, "sd", candidates=2, keep=2, steps=12).generate(PROMPTS[:1], 1,
+                                                                           decode=False)[0]
+    assert not torch.equal(ours, torch.stack([s.latent for s in sorted(
+        ancestral.selected, key=lambda s: s.index)]))
+
+
+def test_pruning_carries_the_multistep_solvers_state(pipes):
+    sampler = make(pipes, "sd", candidates=6, keep=1, steps=8, scheduler="dpmsolver",
+                   prune={"enabled": True, "keep": 0.5, "at": 0.5})
+    res = sampler.generate(PROMPTS, 1, decode=False)
+    for r in res:
+        assert sum(1 for v in r.mi if v == v) == 3 and len(r.selected) == 1
+
+
+def test_a_ddpm_solver_for_a_flow_model_is_a_one_line_error(pipes):
+    with pytest.raises(MituneError, match="generate.scheduler=ddim is a solver for DDPM"):
+        make(pipes, "sd3", scheduler="ddim")

@@ -1,0 +1,218 @@
+"""`mitune shapes frontier`: what a selected image costs, against how well it is selected.
+
+A kept image costs its prompt's candidates' denoiser rows: N candidates x (2 x sampler steps
+for classifier-free guidance + 2 x K re-noising draws for the point-wise MI; the paper's
+trajectory MI comes free with sampling). The frontier scores one pool of prompts x N candidates
+per sampler setting (`pool.py`, resumable, one work folder each), and reads every cheaper
+setting off it: the first n of the N candidates (their seeds do not depend on N) and the first k
+of the K draws. Per cell: rows per kept image, pool selection efficiency and the kept images'
+fully-correct rate, each with a 95% bootstrap interval over prompts, and the paired difference
+in efficiency from the reference (the first sampler setting at N candidates and K draws: the
+paper's cost). Settings are chosen on validation prompts (the cheapest whose efficiency is
+within `--band` of the reference's) and reported on held-out prompts.
+
+    mitune shapes frontier --out runs/frontier      # DDPM 100 (reference), DDPM 25, DDIM and
+                                                    # DPM-Solver++ at 25 and 15, N 50, K 32
+    mitune shapes frontier --quick --out /tmp/f     # the machinery only (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from mitune_ray.metrics.agreement import bootstrap_two_level_interval
+from mitune_ray.shapes.pool import (
+    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, prompt_lists, check_work, pool_sampler, score_split,
+)
+from mitune_ray.storage import Store
+
+SETTINGS = ("ddpm:100", "ddpm:25", "ddim:25", "dpmsolver:25", "ddim:15", "dpmsolver:15")
+BAND = 0.05  # the issue's: efficiency within 0.05 of the paper-cost setting
+
+
+@dataclass(frozen=True)
+class Cell:
+    sampler: str
+    steps: int
+    candidates: int  # n: the first n of the pool's candidates
+    draws: int  # k: the first k re-noising draws (0: the paper's trajectory form, no draws)
+
+    @property
+    def name(self) -> str:
+        score = f"K={self.draws}" if self.draws else "trajectory"
+        return f"{self.sampler} {self.steps} steps, {self.candidates} candidates, {score}"
+
+    @property
+    def rows_per_kept(self) -> int:
+        """Denoiser rows per kept image (one kept per prompt)."""
+        return self.candidates * 2 * (self.steps + self.draws)
+
+
+def cell_rows(records: list[dict], cell: Cell) -> dict[str, tuple[float, float, float]]:
+    """(kept, pool, oracle) per prompt id for one cell (standard form, mean over its draws)."""
+    out = {}
+    n = cell.candidates
+    for rec in records:
+        correct = np.array(rec["correct"][:n])
+        if cell.draws:
+            scores = np.array(rec["standard"])[: cell.draws, :n].mean(0)
+        else:
+            scores = np.array(rec["trajectory"][:n])
+        out[rec["prompt_id"]] = (float(correct[int(np.argmax(scores))]), float(correct.mean()),
+                                 float(correct.max()))
+    return out
+
+
+def _efficiency(means: np.ndarray) -> float:
+    room = means[2] - means[1]
+    return float((means[0] - means[1]) / room) if room > 0 else float("nan")
+
+
+def compare(rows: dict[str, tuple], reference: dict[str, tuple], *, seed: int = 0) -> dict:
+    """A cell's efficiency and kept rate with intervals over prompts, and its efficiency minus
+    the reference's on the same prompts (paired: both resampled together)."""
+    ids = sorted(rows)
+    data = np.array([rows[i] + reference[i] for i in ids])  # (prompts, 6)
+
+    def interval(statistic):
+        return list(bootstrap_two_level_interval([data], statistic=statistic, n_boot=BOOTSTRAPS,
+                                                 seed=seed))
+
+    mean = data.mean(0)
+    return {
+        "efficiency": _efficiency(mean[:3]), "efficiency_ci": interval(lambda m: _efficiency(m[:3])),
+        "kept": float(mean[0]), "kept_ci": interval(lambda m: float(m[0])),
+        "pool": float(mean[1]), "oracle": float(mean[2]),
+        "minus_reference": _efficiency(mean[:3]) - _efficiency(mean[3:]),
+        "minus_reference_ci": interval(lambda m: _efficiency(m[:3]) - _efficiency(m[3:])),
+        "prompts": len(ids), "kept_by_prompt": {i: rows[i][0] for i in ids},
+    }
+
+
+def parse_setting(text: str) -> tuple[str, int]:
+    """"dpmsolver:15" -> ("dpmsolver", 15); anything else: ValueError naming the fix."""
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise ValueError(f"sampler setting {text!r} is not SAMPLER:STEPS with SAMPLER one of "
+                         f"{', '.join(SAMPLERS)} and STEPS a positive integer (e.g. ddim:25)")
+    return name, int(steps)
+
+
+def subsets(full: int, options: tuple[int, ...]) -> list[int]:
+    return sorted({v for v in options if v < full} | {full})
+
+
+def run_frontier(model_path: str, root: Store, scale: PoolScale, settings: list[tuple[str, int]],
+                 *, band: float = BAND, log=print) -> dict:
+    """Score a pool per sampler setting (resuming each), then every cell on both prompt lists;
+    choose on validation, report on held out."""
+    lists = prompt_lists(scale)
+    settings = list(dict.fromkeys(settings))
+    cells: list[Cell] = []
+    records: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for sampler, steps in settings:
+        setting_scale = replace(scale, sampler=sampler, steps=steps)
+        out = root.child(f"{sampler}-{steps}")
+        check_work(out, setting_scale, model_path)
+        pool = pool_sampler(model_path, setting_scale)
+        records[(sampler, steps)] = {split: score_split(pool, out, split, texts, setting_scale, log)
+                                     for split, texts in lists.items()}
+        for n in subsets(scale.candidates, (8, 16, 32, 50)):
+            cells += [Cell(sampler, steps, n, k) for k in [0, *subsets(scale.draws, (8, 16, 32))]]
+    sampler, steps = settings[0]
+    reference = Cell(sampler, steps, scale.candidates, scale.draws)
+    result: dict = {"scale": asdict(scale), "model": model_path, "band": band,
+                    "reference": reference.name, "splits": {}}
+    for split in lists:
+        ref_rows = cell_rows(records[(sampler, steps)][split], reference)
+        result["splits"][split] = {
+            cell.name: asdict(cell) | {"rows_per_kept": cell.rows_per_kept}
+            | compare(cell_rows(records[(cell.sampler, cell.steps)][split], cell), ref_rows)
+            for cell in cells}
+    chosen = choose(result["splits"]["validation"], band)
+    result["chosen_on_validation"] = chosen
+    result["saving"] = (None if chosen is None else reference.rows_per_kept
+                        / result["splits"]["validation"][chosen]["rows_per_kept"])
+    return result
+
+
+def choose(cells: dict[str, dict], band: float) -> str | None:
+    """The cheapest cell whose efficiency is within `band` of the reference's (None: none is,
+    or no efficiency could be computed: prompts with no room to select)."""
+    inside = [name for name, c in cells.items()
+              if np.isfinite(c["minus_reference"]) and c["minus_reference"] >= -band]
+    return min(inside, key=lambda name: (cells[name]["rows_per_kept"], name)) if inside else None
+
+
+def table_lines(result: dict) -> list[str]:
+    """The frontier as a markdown table, cheapest first, on held-out prompts where scored."""
+    splits = result["splits"]
+    shown = "held_out" if "held_out" in splits else "validation"
+    lines = [f"| setting | rows per kept image | validation efficiency | {shown} efficiency "
+             f"[95% CI] | minus reference [95% CI] | {shown} kept fully correct [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for name, cell in sorted(splits[shown].items(), key=lambda kv: kv[1]["rows_per_kept"]):
+        mark = (" (reference)" if name == result["reference"] else "") + (
+            " (chosen)" if name == result["chosen_on_validation"] else "")
+        e, d, k = cell["efficiency_ci"], cell["minus_reference_ci"], cell["kept_ci"]
+        lines.append(
+            f"| {name}{mark} | {cell['rows_per_kept']:,} | "
+            f"{splits['validation'][name]['efficiency']:+.2f} | {cell['efficiency']:+.2f} "
+            f"[{e[0]:+.2f}, {e[1]:+.2f}] | {cell['minus_reference']:+.2f} [{d[0]:+.2f}, "
+            f"{d[1]:+.2f}] | {cell['kept']:.0%} [{k[0]:.0%}, {k[1]:.0%}] |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mitune shapes frontier",
+        description="denoiser rows per kept image against pool selection efficiency, over "
+                    "samplers, steps, candidates and re-noising draws (ShapesWorld)")
+    parser.add_argument("--out", default="runs/shapes-frontier",
+                        help="work folder, local or s3:// (a rerun resumes from it)")
+    parser.add_argument("--json", help="also write the result here (default: OUT/frontier.json)")
+    parser.add_argument("--model", default="bundled:shapes", help="a ShapesWorld diffusers folder")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="SAMPLER:STEPS,... the first is the reference (default %(default)s)")
+    parser.add_argument("--candidates", type=int, default=50, help="N per prompt (default 50)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="held-out prompts (default 200; 0: validation only)")
+    parser.add_argument("--val-prompts", type=int, default=None, help="validation prompts (48)")
+    parser.add_argument("--band", type=float, default=BAND,
+                        help="the efficiency a cheaper setting may lose (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run: the machinery only")
+    args = parser.parse_args(argv)
+    try:
+        settings = [parse_setting(s) for s in args.settings.split(",")]
+    except ValueError as exc:
+        parser.error(f"--settings: {exc}")
+    base = QUICK if args.quick else PoolScale()
+    scale = replace(base, candidates=base.candidates if args.quick else args.candidates,
+                    **{k: v for k, v in (("prompts", args.prompts),
+                                         ("val_prompts", args.val_prompts)) if v is not None})
+    if scale.candidates < 1 or scale.val_prompts < 1 or scale.prompts < 0:
+        parser.error("--candidates and --val-prompts must be at least 1, --prompts at least 0")
+    if not 0 <= args.band < 1:
+        parser.error(f"--band {args.band:g} must be in [0, 1)")
+    if args.quick:
+        settings = [(name, min(steps, 4)) for name, steps in settings]
+    root = Store(args.out)
+    result = run_frontier(args.model, root, scale, settings, band=args.band)
+    result["command"] = "mitune shapes frontier " + " ".join(argv)
+    text = json.dumps(result, indent=1)
+    root.write_bytes("frontier.json", text.encode())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text)
+    print("\n".join(table_lines(result)))
+    if result["chosen_on_validation"] is None:
+        print(f"chosen on validation: none (no setting within {args.band:g} of "
+              f"{result['reference']}, or no prompt with room to select)")
+    else:
+        print(f"chosen on validation: {result['chosen_on_validation']}, "
+              f"{result['saving']:.1f}x fewer rows per kept image than {result['reference']}")
+    return 0
