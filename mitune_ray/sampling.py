@@ -369,18 +369,27 @@ class CandidateSampler:
         """Each draw's (standard, orthogonal) value for finished latents (B, C, h, w), (K, B)
         each, with the same `draws` for all B (common random numbers)."""
         batch = len(z0)
-        embeds, pooled = self._expand(cond, batch)
-        ids = time_ids(self.pipe, self.fam, self.height, self.width, 2 * batch, self.device, self.dtype)
         flow = self.fam.process == "flow"
+        inputs: dict[int, tuple] = {}  # by draws per call: (embeds, pooled, time ids)
 
         def predict_pair(z, levels):
+            # Several draws of the same B latents per call: their conditions repeat.
+            reps = len(z) // batch
+            if reps not in inputs:
+                index = torch.arange(batch).repeat(reps).to(cond.embeds.device)
+                embeds, pooled = self._expand(cond.rows(index), reps * batch)
+                inputs[reps] = (embeds, pooled, time_ids(self.pipe, self.fam, self.height,
+                                                         self.width, 2 * reps * batch,
+                                                         self.device, self.dtype))
+            embeds, pooled, ids = inputs[reps]
             t = levels * 1000.0 if flow else levels.long()
             out = predict(self.pipe, self.fam, torch.cat([z, z]).to(self.dtype),
                           torch.cat([t, t]).to(self.device), embeds, pooled, ids)
             return out.float().chunk(2)
 
+        # As many draws per denoiser call as `generate.max_batch` candidates (CFG doubles it).
         return renoise_terms(predict_pair, z0.to(self.device).float(), self.level_table(), draws,
-                             self.term)
+                             self.term, rows_per_call=self.gen.max_batch)
 
     def score_latents(self, z0: torch.Tensor, cond: Conditioning, *, draw_seed: int):
         """Re-noising MI of finished latents (B, C, h, w) in the configured form, with draws

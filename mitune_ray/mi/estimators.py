@@ -40,8 +40,8 @@ def standard_term(cond: torch.Tensor, uncond: torch.Tensor, target: torch.Tensor
 PREDICTIONS = ("epsilon", "v_prediction", "flow")
 
 
-def regression_target(prediction: str, z0: torch.Tensor, eps: torch.Tensor, signal: float,
-                      noise: float) -> torch.Tensor:
+def regression_target(prediction: str, z0: torch.Tensor, eps: torch.Tensor,
+                      signal: float | torch.Tensor, noise: float | torch.Tensor) -> torch.Tensor:
     """What a model of the given parameterisation predicts for `signal * z0 + noise * eps`.
 
     epsilon: `eps`; v_prediction: `signal * eps - noise * z0`; flow (diffusers' SD3 convention,
@@ -177,6 +177,7 @@ Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tenso
 @torch.no_grad()
 def renoise_terms(
     predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
+    *, rows_per_call: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each draw's weighted value of both forms for finished latents `z0` (B, ...): (standard,
     orthogonal), (K, B) each, from one pair of predictions per draw.
@@ -184,21 +185,33 @@ def renoise_terms(
     `predict(z_levels, levels)` returns the (conditional, unconditional) predictions for a batch of
     noised latents at the given levels (a row each). Standard: `standard_term` against the draw's
     own regression target, the point-wise MI of each latent; orthogonal: `term` (the paper's
-    `||eps_c - eps_u||^2`, or RFMI's velocity term). Draws are evaluated one at a time over the
-    whole batch.
+    `||eps_c - eps_u||^2`, or RFMI's velocity term). Each call evaluates one draw over the whole
+    batch or, with `rows_per_call`, as many draws as fit in that many rows (at least one): fewer,
+    larger calls, the same values up to the float rounding of another batch size.
     """
+    b = z0.shape[0]
+    per_call = 1 if rows_per_call is None else max(1, rows_per_call // b)
+    shape = (-1,) + (1,) * (z0.ndim - 1)  # a value per row, broadcast over the latent
     standard, orthogonal = [], []
-    for j in range(len(draws.index)):
-        row = int(draws.index[j])
-        eps = draws.eps[j].to(device=z0.device, dtype=z0.dtype).expand_as(z0)
-        signal, noise = float(table.signal[row]), float(table.noise[row])
-        z_level = signal * z0 + noise * eps
-        levels = torch.full((z0.shape[0],), float(table.levels[row]), device=z0.device)
-        cond, uncond = predict(z_level, levels)
-        target = regression_target(table.prediction, z0, eps, signal, noise)
-        scale = float(draws.scale[j])
-        standard.append(scale * standard_term(cond, uncond, target))
-        orthogonal.append(scale * term(cond, uncond))
+    for start in range(0, len(draws.index), per_call):
+        js = range(start, min(len(draws.index), start + per_call))
+        rows = [int(draws.index[j]) for j in js]
+        eps = torch.cat([draws.eps[j].to(device=z0.device, dtype=z0.dtype).expand_as(z0)
+                         for j in js])
+        z = z0.repeat((len(js),) + (1,) * (z0.ndim - 1))
+
+        def per_row(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, device=z0.device, dtype=z0.dtype).repeat_interleave(b)
+
+        signal = per_row([float(table.signal[r]) for r in rows]).view(shape)
+        noise = per_row([float(table.noise[r]) for r in rows]).view(shape)
+        levels = torch.tensor([float(table.levels[r]) for r in rows],
+                              device=z0.device).repeat_interleave(b)
+        cond, uncond = predict(signal * z + noise * eps, levels)
+        target = regression_target(table.prediction, z, eps, signal, noise)
+        scale = per_row([float(draws.scale[j]) for j in js]).float()
+        standard += (scale * standard_term(cond, uncond, target)).view(len(js), b).unbind()
+        orthogonal += (scale * term(cond, uncond)).view(len(js), b).unbind()
     return torch.stack(standard), torch.stack(orthogonal)
 
 
@@ -211,12 +224,13 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def renoise_mi(
     predict: Predict, z0: torch.Tensor, table: LevelTable, draws: RenoiseDraws, term: Term,
-    *, form: str = "standard",
+    *, form: str = "standard", rows_per_call: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MI of finished latents `z0` (B, ...) by re-noising them with the shared `draws`, in the
-    given form (`FORMS`; see `renoise_terms`): the mean over draws and its standard error, per
-    latent."""
+    given form (`FORMS`; see `renoise_terms`, also for `rows_per_call`): the mean over draws and
+    its standard error, per latent."""
     if form not in FORMS:
         raise ValueError(f"MI form {form!r} is not one of {FORMS}")
-    standard, orthogonal = renoise_terms(predict, z0, table, draws, term)
+    standard, orthogonal = renoise_terms(predict, z0, table, draws, term,
+                                         rows_per_call=rows_per_call)
     return mean_and_stderr(standard if form == "standard" else orthogonal)

@@ -71,28 +71,48 @@ class GaussianWorld:
 
         return log_normal(y @ self.B.T, self.S) - log_normal(torch.zeros_like(x), self.sigma_x)
 
-    def predict(self, prediction: str, z, signal: float, noise: float, y=None):
+    def predict(self, prediction: str, z, signal, noise, y=None):
         """The optimal prediction of a model of the given parameterisation (epsilon, v_prediction
-        on the VP process; flow on x = (1 - sigma) x0 + sigma eps, where signal = 1 - sigma)."""
+        on the VP process; flow on x = (1 - sigma) x0 + sigma eps, where signal = 1 - sigma);
+        `signal` and `noise` one level's, or tensors with a level per row of `z`."""
         if prediction == "flow":
             return self.v_hat(z, noise, y)
         eps = self.eps_hat(z, signal, noise, y)
         if prediction == "epsilon":
             return eps
+        if isinstance(signal, torch.Tensor):
+            signal, noise = signal.to(DT)[:, None], noise.to(DT)[:, None]
         return (eps - noise * z) / signal  # v = (eps - noise z) / signal on the VP process
 
-    def eps_hat(self, z, signal: float, noise: float, y=None):
-        """E[eps | z, y] for z = signal * x + noise * eps (VP diffusion)."""
+    def eps_hat(self, z, signal, noise, y=None):
+        """E[eps | z, y] for z = signal * x + noise * eps (VP diffusion); `signal` and `noise`
+        one level's, or tensors with a level per row of `z`."""
         mean, cov = self._moments(y)
-        c = signal**2 * cov + noise**2 * torch.eye(self.d, dtype=DT)
+        eye = torch.eye(self.d, dtype=DT)
+        if isinstance(signal, torch.Tensor):  # a level per row: one inverse per distinct level
+            a, n = signal.to(DT), noise.to(DT)
+            levels, where = torch.unique(torch.stack([a, n], 1), dim=0, return_inverse=True)
+            la, ln = levels[:, 0, None, None], levels[:, 1, None, None]
+            inv = torch.linalg.inv(la**2 * cov + ln**2 * eye)[where]
+            centred = z if mean is None else z - a[:, None] * mean
+            return n[:, None] * torch.einsum("rij,rj->ri", inv, centred)
+        c = signal**2 * cov + noise**2 * eye
         centred = z if mean is None else z - signal * mean
         return noise * centred @ torch.linalg.inv(c).T
 
-    def v_hat(self, x, sigma: float, y=None):
-        """E[noise - x0 | x_sigma, y] for x_sigma = (1 - sigma) x0 + sigma * noise (SD3's flow)."""
+    def v_hat(self, x, sigma: float | torch.Tensor, y=None):
+        """E[noise - x0 | x_sigma, y] for x_sigma = (1 - sigma) x0 + sigma * noise (SD3's flow);
+        `sigma` one level, or a tensor with a level per row of `x`."""
         mean, cov = self._moments(y)
-        b = 1.0 - sigma
         eye = torch.eye(self.d, dtype=DT)
+        if isinstance(sigma, torch.Tensor):  # a level per row: one gain per distinct level
+            levels, where = torch.unique(sigma.to(DT), return_inverse=True)
+            b, s = (1.0 - levels)[:, None, None], levels[:, None, None]
+            gain = ((s * eye - b * cov) @ torch.linalg.inv(b**2 * cov + s**2 * eye))[where]
+            if mean is None:
+                return torch.einsum("rij,rj->ri", gain, x)
+            return -mean + torch.einsum("rij,rj->ri", gain, x - (1.0 - sigma.to(DT))[:, None] * mean)
+        b = 1.0 - sigma
         c = b**2 * cov + sigma**2 * eye
         gain = (sigma * eye - b * cov) @ torch.linalg.inv(c)
         if mean is None:
@@ -195,10 +215,12 @@ def shared_draw_estimates(world: GaussianWorld, prediction: str, table, x, y, g:
         rows = slice(start, start + candidates)
         shared = draw_levels(table, draws, (world.d,), generator=g)
 
-        def predict(z, levels, ys=y[rows]):
-            j = int((table.levels - float(levels[0])).abs().argmin())
-            a, n = float(table.signal[j]), float(table.noise[j])
+        def predict(z, levels, ys=y[rows]):  # every draw in one call: a level per row
+            j = (table.levels[None, :] - levels.to(table.levels.dtype)[:, None]).abs().argmin(1)
+            a, n = table.signal[j], table.noise[j]
+            ys = ys.repeat(len(z) // len(ys), 1)
             return world.predict(prediction, z, a, n, ys), world.predict(prediction, z, a, n)
 
-        out.append(renoise_mi(predict, x[rows], table, shared, term, form=form)[0])
+        out.append(renoise_mi(predict, x[rows], table, shared, term, form=form,
+                              rows_per_call=candidates * draws)[0])
     return torch.cat(out)

@@ -266,3 +266,28 @@ def test_pruning_carries_the_multistep_solvers_state(pipes):
 def test_a_ddpm_solver_for_a_flow_model_is_a_one_line_error(pipes):
     with pytest.raises(MituneError, match="generate.scheduler=ddim is a solver for DDPM"):
         make(pipes, "sd3", scheduler="ddim")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_re_noising_draws_share_denoiser_calls_without_changing_the_scores(pipes, name,
+                                                                          monkeypatch):
+    """Up to `max_batch` rows of re-noised latents per denoiser call, several draws together
+    (with their prompts' conditions, pooled embeddings and time ids repeated): the same MI."""
+    from mitune_ray.families import encode_prompts
+
+    pipe, fam = pipes(name)
+    mi = {"estimator": "renoise", "renoise_draws": 6, "form": "standard"}
+    alone, together = (make(pipes, name, max_batch=size, mi=mi) for size in (5, 64))
+    z0 = torch.randn(5, *alone.shape, generator=torch.Generator().manual_seed(3))
+    cond = encode_prompts(pipe, fam, [p.text for p in PROMPTS], "cpu").rows(
+        torch.tensor([0, 0, 1, 1, 1]))
+    calls = []
+    real = sampling.predict
+    monkeypatch.setattr(sampling, "predict", lambda *a: calls.append(len(a[2])) or real(*a))
+    one = alone.score_latents(z0, cond, draw_seed=1)
+    assert calls == [10] * 6  # 5 latents, conditional and unconditional, a draw a call
+    calls.clear()
+    many = together.score_latents(z0, cond, draw_seed=1)
+    assert calls == [60]
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mitune_ray.mi import (
-    TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, kappa, renoise_mi,
+    TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels, eps_term, flow_levels, kappa,
+    renoise_mi, renoise_terms,
 )
 from mitune_ray.testing.gaussian import DT, GaussianWorld, ddpm_sample, sd_alphas_cumprod, snr
 
@@ -95,12 +96,14 @@ def test_renoise_estimator_recovers_gaussian_mi(sampling, form):
         x, y = world.sample(150, g)
         draws = draw_levels(table, 200, (world.d,), generator=g, sampling=sampling)
 
-        def predict(z, levels, y=y):
-            t = int(levels[0])
-            a, n = abar[t].sqrt().item(), (1 - abar[t]).sqrt().item()
-            return world.eps_hat(z, a, n, y), world.eps_hat(z, a, n)
+        def predict(z, levels, y=y):  # every draw in one call: a level per row
+            t = levels.long()
+            a, n = abar[t].sqrt(), (1 - abar[t]).sqrt()
+            ys = y.repeat(len(z) // len(y), 1)
+            return world.eps_hat(z, a, n, ys), world.eps_hat(z, a, n)
 
-        mi, stderr = renoise_mi(predict, x, table, draws, eps_term, form=form)
+        mi, stderr = renoise_mi(predict, x, table, draws, eps_term, form=form,
+                                rows_per_call=len(x) * len(draws.index))
         estimates.append(mi)
     s = snr(abar)
     assert_unbiased(estimates, world.mi_between_snr(s[-1].item(), s[1].item()), form)
@@ -133,13 +136,16 @@ def test_standard_form_tracks_each_pair_and_says_when_a_prompt_does_not_fit():
         exact = world.log_ratio(x, yy)
         draws = draw_levels(table, 4000, (world.d,), generator=g)
 
-        def predict(z, levels, yy=yy):
-            t = int(levels[0])
-            a, n = abar[t].sqrt().item(), (1 - abar[t]).sqrt().item()
-            return world.eps_hat(z, a, n, yy), world.eps_hat(z, a, n)
+        def predict(z, levels, yy=yy):  # every draw in one call: a level per row
+            t = levels.long()
+            a, n = abar[t].sqrt(), (1 - abar[t]).sqrt()
+            ys = yy.repeat(len(z) // len(yy), 1)
+            return world.eps_hat(z, a, n, ys), world.eps_hat(z, a, n)
 
-        standard, stderr = renoise_mi(predict, x, table, draws, eps_term)
-        orthogonal, _ = renoise_mi(predict, x, table, draws, eps_term, form="orthogonal")
+        together = len(x) * len(draws.index)
+        standard, stderr = renoise_mi(predict, x, table, draws, eps_term, rows_per_call=together)
+        orthogonal, _ = renoise_mi(predict, x, table, draws, eps_term, form="orthogonal",
+                                   rows_per_call=together)
         assert torch.corrcoef(torch.stack([standard, exact.float()]))[0, 1] > 0.99
         assert (standard - exact).abs().mean() < 3 * stderr.mean() + 0.05
         assert (orthogonal >= 0).all()
@@ -186,3 +192,28 @@ def test_v_prediction_weights_scale_by_alpha_bar():
     assert v_w[0] == pytest.approx(eps_w[0] * abar[991].item())
     with pytest.raises(ValueError, match="sample"):
         ddpm_trajectory_weights(LEADING_100, abar, prediction_type="sample")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "flow"])
+def test_draws_evaluated_together_give_each_draws_values(prediction):
+    """`rows_per_call` packs several draws into one prediction call (a level per row): every
+    draw's value is what it is alone, for each parameterisation's regression target."""
+    table = (flow_levels(sigma_min=0.05) if prediction == "flow"
+             else ddpm_levels(sd_alphas_cumprod().float(), t_min=0, prediction_type=prediction))
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(3, 4, 2, 2, generator=g)
+    draws = draw_levels(table, 10, (4, 2, 2), generator=g)
+    calls = []
+
+    def predict(z, levels):  # row-wise: each row's output depends on its own input and level
+        calls.append(len(z))
+        w = (levels / (1.0 if prediction == "flow" else 1000.0)).view(-1, 1, 1, 1)
+        return torch.tanh(z) * w + 0.1, z * (1 - w)
+
+    one = renoise_terms(predict, z0, table, draws, eps_term)
+    assert calls == [3] * 10
+    for rows, sizes in ((3, [3] * 10), (7, [6] * 5), (12, [12, 12, 6]), (1000, [30])):
+        calls.clear()
+        many = renoise_terms(predict, z0, table, draws, eps_term, rows_per_call=rows)
+        assert calls == sizes
+        torch.testing.assert_close(many, one)

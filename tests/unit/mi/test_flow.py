@@ -68,11 +68,12 @@ def test_rfmi_renoise_recovers_gaussian_mi(sampling, form):
         x, y = world.sample(150, g)
         draws = draw_levels(table, 500, (world.d,), generator=g, sampling=sampling)
 
-        def predict(xs, sigma, y=y):
-            s = float(sigma[0])
-            return world.v_hat(xs, s, y), world.v_hat(xs, s)
+        def predict(xs, sigma, y=y):  # every draw in one call: a level per row
+            ys = y.repeat(len(xs) // len(y), 1)
+            return world.v_hat(xs, sigma, ys), world.v_hat(xs, sigma)
 
-        estimates.append(renoise_mi(predict, x, table, draws, velocity_term, form=form)[0])
+        estimates.append(renoise_mi(predict, x, table, draws, velocity_term, form=form,
+                                    rows_per_call=len(x) * len(draws.index))[0])
     assert_unbiased(estimates, _truth(world, 0.05), form)
 
 
