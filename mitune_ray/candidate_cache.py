@@ -82,7 +82,8 @@ class CandidateCache:
              se: torch.Tensor) -> None:
         for p, pid in enumerate(prompt_ids):
             cols = sorted(c for q, c in finals if q == p)
-            latents = (torch.stack([finals[(p, c)].detach().cpu() for c in cols]) if cols
+            # One copy to the host per prompt, not one per candidate.
+            latents = (torch.stack([finals[(p, c)] for c in cols]).detach().cpu() if cols
                        else torch.zeros(0))
             entry = {"columns": torch.tensor(cols, dtype=torch.int64),
                      "latents": latents.contiguous(),

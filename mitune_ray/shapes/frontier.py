@@ -18,15 +18,14 @@ within `--band` of the reference's) and reported on held-out prompts.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from mitune_ray.metrics.agreement import bootstrap_two_level_interval
 from mitune_ray.shapes.pool import (
-    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, prompt_lists, check_work, pool_sampler, score_split,
+    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, efficiency_ratio, score_pool, work_parser,
+    write_result,
 )
 from mitune_ray.storage import Store
 
@@ -67,11 +66,6 @@ def cell_rows(records: list[dict], cell: Cell) -> dict[str, tuple[float, float, 
     return out
 
 
-def _efficiency(means: np.ndarray) -> float:
-    room = means[2] - means[1]
-    return float((means[0] - means[1]) / room) if room > 0 else float("nan")
-
-
 def compare(rows: dict[str, tuple], reference: dict[str, tuple], *, seed: int = 0) -> dict:
     """A cell's efficiency and kept rate with intervals over prompts, and its efficiency minus
     the reference's on the same prompts (paired: both resampled together)."""
@@ -84,11 +78,11 @@ def compare(rows: dict[str, tuple], reference: dict[str, tuple], *, seed: int = 
 
     mean = data.mean(0)
     return {
-        "efficiency": _efficiency(mean[:3]), "efficiency_ci": interval(lambda m: _efficiency(m[:3])),
+        "efficiency": efficiency_ratio(mean[:3]), "efficiency_ci": interval(lambda m: efficiency_ratio(m[:3])),
         "kept": float(mean[0]), "kept_ci": interval(lambda m: float(m[0])),
         "pool": float(mean[1]), "oracle": float(mean[2]),
-        "minus_reference": _efficiency(mean[:3]) - _efficiency(mean[3:]),
-        "minus_reference_ci": interval(lambda m: _efficiency(m[:3]) - _efficiency(m[3:])),
+        "minus_reference": efficiency_ratio(mean[:3]) - efficiency_ratio(mean[3:]),
+        "minus_reference_ci": interval(lambda m: efficiency_ratio(m[:3]) - efficiency_ratio(m[3:])),
         "prompts": len(ids), "kept_by_prompt": {i: rows[i][0] for i in ids},
     }
 
@@ -110,24 +104,19 @@ def run_frontier(model_path: str, root: Store, scale: PoolScale, settings: list[
                  *, band: float = BAND, log=print) -> dict:
     """Score a pool per sampler setting (resuming each), then every cell on both prompt lists;
     choose on validation, report on held out."""
-    lists = prompt_lists(scale)
     settings = list(dict.fromkeys(settings))
     cells: list[Cell] = []
     records: dict[tuple[str, int], dict[str, list[dict]]] = {}
     for sampler, steps in settings:
-        setting_scale = replace(scale, sampler=sampler, steps=steps)
-        out = root.child(f"{sampler}-{steps}")
-        check_work(out, setting_scale, model_path)
-        pool = pool_sampler(model_path, setting_scale)
-        records[(sampler, steps)] = {split: score_split(pool, out, split, texts, setting_scale, log)
-                                     for split, texts in lists.items()}
+        records[(sampler, steps)] = score_pool(model_path, root.child(f"{sampler}-{steps}"),
+                                               replace(scale, sampler=sampler, steps=steps), log)
         for n in subsets(scale.candidates, (8, 16, 32, 50)):
             cells += [Cell(sampler, steps, n, k) for k in [0, *subsets(scale.draws, (8, 16, 32))]]
     sampler, steps = settings[0]
     reference = Cell(sampler, steps, scale.candidates, scale.draws)
     result: dict = {"scale": asdict(scale), "model": model_path, "band": band,
                     "reference": reference.name, "splits": {}}
-    for split in lists:
+    for split in records[settings[0]]:
         ref_rows = cell_rows(records[(sampler, steps)][split], reference)
         result["splits"][split] = {
             cell.name: asdict(cell) | {"rows_per_kept": cell.rows_per_kept}
@@ -168,14 +157,9 @@ def table_lines(result: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mitune shapes frontier",
-        description="denoiser rows per kept image against pool selection efficiency, over "
-                    "samplers, steps, candidates and re-noising draws (ShapesWorld)")
-    parser.add_argument("--out", default="runs/shapes-frontier",
-                        help="work folder, local or s3:// (a rerun resumes from it)")
-    parser.add_argument("--json", help="also write the result here (default: OUT/frontier.json)")
-    parser.add_argument("--model", default="bundled:shapes", help="a ShapesWorld diffusers folder")
+    parser = work_parser("frontier", "denoiser rows per kept image against pool selection "
+                         "efficiency, over samplers, steps, candidates and re-noising draws "
+                         "(ShapesWorld)", "frontier.json")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="SAMPLER:STEPS,... the first is the reference (default %(default)s)")
     parser.add_argument("--candidates", type=int, default=50, help="N per prompt (default 50)")
@@ -184,7 +168,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--val-prompts", type=int, default=None, help="validation prompts (48)")
     parser.add_argument("--band", type=float, default=BAND,
                         help="the efficiency a cheaper setting may lose (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run: the machinery only")
     args = parser.parse_args(argv)
     try:
         settings = [parse_setting(s) for s in args.settings.split(",")]
@@ -203,11 +186,7 @@ def main(argv: list[str]) -> int:
     root = Store(args.out)
     result = run_frontier(args.model, root, scale, settings, band=args.band)
     result["command"] = "mitune shapes frontier " + " ".join(argv)
-    text = json.dumps(result, indent=1)
-    root.write_bytes("frontier.json", text.encode())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
+    write_result(root, "frontier.json", result, args.json)
     print("\n".join(table_lines(result)))
     if result["chosen_on_validation"] is None:
         print(f"chosen on validation: none (no setting within {args.band:g} of "

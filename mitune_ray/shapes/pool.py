@@ -165,6 +165,13 @@ def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
     return values.mean(0)
 
 
+def efficiency_ratio(means) -> float:
+    """(kept - pool) / (oracle - pool) of the mean (kept, pool, oracle) of a set of prompts (NaN
+    where no prompt had room to select)."""
+    room = means[2] - means[1]
+    return float((means[0] - means[1]) / room) if room > 0 else float("nan")
+
+
 def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict:
     """Pool selection efficiency from (kept, pool, oracle) per prompt, with a percentile
     bootstrap interval over prompts (resamples where no prompt had room to select are dropped).
@@ -174,16 +181,13 @@ def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict
         0.0
     """
     data = np.array(rows, dtype=float).reshape(-1, 3)
-
-    def ratio(means):  # the mean (kept, pool, oracle) of a set of prompts
-        room = means[2] - means[1]
-        return float((means[0] - means[1]) / room) if room > 0 else float("nan")
-
     # One replicate: the two-level bootstrap reduces to resampling the prompts.
-    low, high = (bootstrap_two_level_interval([data], statistic=ratio, n_boot=BOOTSTRAPS, seed=seed)
+    low, high = (bootstrap_two_level_interval([data], statistic=efficiency_ratio,
+                                              n_boot=BOOTSTRAPS, seed=seed)
                  if len(data) else (float("nan"), float("nan")))
     kept, pool, oracle = (data.mean(0).tolist() if len(data) else [np.nan] * 3)
-    return {"efficiency": ratio(data.mean(0)) if len(data) else float("nan"), "ci": [low, high],
+    return {"efficiency": efficiency_ratio(data.mean(0)) if len(data) else float("nan"),
+            "ci": [low, high],
             "kept": kept, "pool": pool, "oracle": oracle, "prompts": len(data)}
 
 
@@ -252,13 +256,19 @@ def check_work(out: Store, scale: PoolScale, model_path: str) -> None:
                           f"({'; '.join(changed)}): use another --out, or the same settings")
 
 
-def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
-    """Score (or resume scoring) both prompt lists and summarize every variant on each."""
+def score_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict[str, list]:
+    """Every prompt list's records (`score_batch`), scored now or read back from `out`, whose
+    settings are checked first (`check_work`)."""
     check_work(out, scale, model_path)
     sampler = pool_sampler(model_path, scale)
+    return {split: score_split(sampler, out, split, texts, scale, log)
+            for split, texts in prompt_lists(scale).items()}
+
+
+def run_pool(model_path: str, out: Store, scale: PoolScale, log=print) -> dict:
+    """Score (or resume scoring) both prompt lists and summarize every variant on each."""
     result: dict = {"scale": asdict(scale), "model": model_path, "splits": {}}
-    for split, texts in prompt_lists(scale).items():
-        records = score_split(sampler, out, split, texts, scale, log)
+    for split, records in score_pool(model_path, out, scale, log).items():
         result["splits"][split] = {"prompts": len(records), "variants": summarize(records, scale.draws),
                                    "records": [{k: r[k] for k in ("prompt_id", "prompt", "correct")}
                                                for r in records]}
@@ -283,15 +293,30 @@ def table_lines(result: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mitune shapes pool",
-        description="pool selection efficiency of every MI estimator variant on ShapesWorld")
-    parser.add_argument("--out", default="runs/shapes-pool",
+def work_parser(command: str, description: str, result_file: str) -> argparse.ArgumentParser:
+    """The arguments `mitune shapes pool` and `frontier` share: the work folder, the result's
+    extra copy, the model and --quick."""
+    parser = argparse.ArgumentParser(prog=f"mitune shapes {command}", description=description)
+    parser.add_argument("--out", default=f"runs/shapes-{command}",
                         help="work folder, local or s3:// (a rerun resumes from it)")
-    parser.add_argument("--json", help="also write the result here (default: OUT/pool.json)")
+    parser.add_argument("--json", help=f"also write the result here (default: OUT/{result_file})")
     parser.add_argument("--model", default="bundled:shapes", help="a ShapesWorld diffusers folder")
     parser.add_argument("--quick", action="store_true", help="a tiny run: the machinery only")
+    return parser
+
+
+def write_result(out: Store, result_file: str, result: dict, copy: str | None) -> None:
+    """The result as JSON at `OUT/result_file`, and at `copy` too when given (--json)."""
+    text = json.dumps(result, indent=1)
+    out.write_bytes(result_file, text.encode())
+    if copy:
+        with open(copy, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def main(argv: list[str]) -> int:
+    parser = work_parser("pool", "pool selection efficiency of every MI estimator variant on "
+                                 "ShapesWorld", "pool.json")
     for field, default in asdict(PoolScale()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None,
                             help=f"default {default} ({QUICK.__dict__[field]} with --quick)")
@@ -310,10 +335,6 @@ def main(argv: list[str]) -> int:
     out = Store(args.out)
     result = run_pool(args.model, out, scale)
     result["command"] = "mitune shapes pool " + " ".join(argv)
-    text = json.dumps(result, indent=1)
-    out.write_bytes("pool.json", text.encode())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text)
+    write_result(out, "pool.json", result, args.json)
     print("\n".join(table_lines(result)))
     return 0
