@@ -49,6 +49,7 @@ from mitune_ray.shapes.contrasts import (
     PRIMARY_ROUND, paired_gain, pilot_rates, power_analysis, power_lines, statistics,
     statistics_line,
 )
+from mitune_ray.shapes.prompts import TUNE_RESERVE
 from mitune_ray.storage import Store
 
 ARMS = ("mi", "random", "checker", "anti")  # anti: the checker reversed (an anti-oracle)
@@ -91,6 +92,11 @@ class Scale:
     # prompt: the paper's train/validation prompts of one category) or "train" (the base
     # model's own training split: improvements must then transfer to unseen combinations).
     tune_split: str = "tune"
+    # Prompts every version is evaluated on: "eval" (the held-out evaluation prompts, what
+    # results report) or "val" (validation prompts, `shapes.prompts.val_prompts`: two-object
+    # combinations neither tuned on nor evaluated on, where a recipe is searched before it meets
+    # the evaluation prompts).
+    eval_split: str = "eval"
     # How every arm's MI is estimated (the "mi" arm selects by it): "standard" (re-noising the
     # final latent, K = 16, with the point-wise standard form: the only estimator whose tau with
     # the checker is above zero in part 1) or "paper" (the trajectory estimator, MI-TUNE's
@@ -222,7 +228,7 @@ def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool,
         f"run.chaining={scale.chaining}", f"run.accumulate={str(scale.accumulate).lower()}",
         f"model.path={model_path}",
         f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
-        f"prompts.eval=[shapes:eval:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
+        f"prompts.eval=[shapes:{scale.eval_split}:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
         f"generate.candidates={scale.candidates}", f"generate.keep={scale.keep}",
         f"generate.steps={scale.steps}", f"generate.guidance={scale.guidance}",
         "generate.max_batch=64", f"generate.candidate_cache={root}/{CANDIDATE_CACHE}",
@@ -313,6 +319,11 @@ def finished(cfg, control: float | None) -> bool:
     return all(layout.evaluate_stage(v, g) in stages for v in versions for g in guidances)
 
 
+def split_words(scale: Scale) -> str:
+    """How logs and results name the prompts a bench evaluates on: "held-out" or "validation"."""
+    return {"eval": "held-out", "val": "validation"}[scale.eval_split]
+
+
 def run_arm(model_path: str, root: str, arm: str, replicate: int, scale: Scale, quick: bool,
             log=print) -> dict:
     """One arm of one replicate through the whole loop (resumed where it stopped; read back where
@@ -334,7 +345,8 @@ def run_arm(model_path: str, root: str, arm: str, replicate: int, scale: Scale, 
     base = _correct_by_prompt(store, layout.BASE_VERSION)
     per_prompt = {"base": base}
     base_facts = eval_fact_rates(store, layout.BASE_VERSION)
-    log(f"{who}, base model: held-out facts that hold: {rates_line(base_facts)}")
+    words = split_words(scale)
+    log(f"{who}, base model: {words} facts that hold: {rates_line(base_facts)}")
     rounds, selected = {}, {}
     per_prompt_control = {}
     if control:
@@ -348,14 +360,14 @@ def run_arm(model_path: str, root: str, arm: str, replicate: int, scale: Scale, 
         g["image_change"] = image_change(store, version)
         g["facts"] = eval_fact_rates(store, version)
         log(f"{who}, round {r}: kept images fully correct "
-            f"{kept['fully_correct']:.3f}; held-out images changed by {g['image_change']:.1f}/255; "
-            f"held out fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
+            f"{kept['fully_correct']:.3f}; {words} images changed by {g['image_change']:.1f}/255; "
+            f"{words} fully correct {gain_line(g)}; facts that hold: {rates_line(g['facts'])}")
         if control:
             per_prompt_control[str(r)] = _correct_by_prompt(store, version, folder)
             g["control"] = c = paired_gain(per_prompt_control["base"], per_prompt_control[str(r)])
             c["guidance"] = control
             c["facts"] = eval_fact_rates(store, version, folder)
-            log(f"{who}, round {r}, at guidance {control:g}: held out fully "
+            log(f"{who}, round {r}, at guidance {control:g}: {words} fully "
                 f"correct {gain_line(c)}; facts that hold: {rates_line(c['facts'])}")
     out = {"rounds": rounds, "selected_sets": selected, "base_facts": base_facts,
            "per_prompt": per_prompt, "finished_earlier": earlier,
@@ -381,7 +393,7 @@ def series_statistics(series: dict, scale: Scale) -> dict:
             str(r): statistics(rates("per_prompt_control", r)) for r in rounds}}
     if str(PRIMARY_ROUND) in out["rounds"]:
         out["primary_endpoint"] = {
-            "endpoint": f"held-out fully-correct rate after round {PRIMARY_ROUND} at guidance "
+            "endpoint": f"{split_words(scale)} fully-correct rate after round {PRIMARY_ROUND} at guidance "
                         f"{scale.guidance:g}", "round": PRIMARY_ROUND, "guidance": scale.guidance,
             **out["rounds"][str(PRIMARY_ROUND)]}
     return out
@@ -401,6 +413,10 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
     interrupted series keeps what it finished."""
     from mitune_ray.stages.evaluate import check_guidance
 
+    if scale.eval_split == "val" and scale.tune_split == "tune" and scale.train_prompts > TUNE_RESERVE:
+        raise MituneError(f"workload setting train_prompts={scale.train_prompts} with "
+                          f"eval_split=val: validation prompts are disjoint from the first "
+                          f"{TUNE_RESERVE} tuning prompts only; tune on at most {TUNE_RESERVE}")
     if scale.control_guidance:  # before hours of runs, not after
         check_guidance(scale.control_guidance, "workload setting control_guidance")
     series: dict = {"arms": list(arms), "replicates": {}}
@@ -481,6 +497,7 @@ def scale_changes(items: list[str]) -> dict:
             raise MituneError(f"workload setting {item!r}: {field.name} must be above 0"
                               + (f" or 0 ({zero})" if zero else ""))
         choices = {"mi": tuple(MI_SETTINGS), "tune_split": ("tune", "train"),
+                   "eval_split": ("eval", "val"),
                    "chaining": CHAININGS}.get(field.name)
         if choices and value not in choices:
             raise MituneError(f"workload setting {item!r}: {field.name} is one of {', '.join(choices)}")

@@ -1,7 +1,8 @@
 """ShapesWorld in the framework's registries (`mitune_ray.registry`): what `register` plugs in.
 
 - prompt source `shapes:SPLIT:N`: N prompts of a split (train: the base model's training split;
-  eval: held out; tune: held out, disjoint from eval), e.g. `prompts.train=[shapes:tune:192]`;
+  eval: held out; tune: held out, disjoint from eval; val: held out, disjoint from eval and
+  from the first 256 tune prompts), e.g. `prompts.train=[shapes:tune:192]`;
 - selector `checker` (`generate.select_by=checker`): the exact checker, an oracle upper bound;
 - selector `anti` (`generate.select_by=anti`): the checker reversed, an anti-oracle lower
   bound: keeps the candidates the checker judges least correct;
@@ -18,7 +19,7 @@ from mitune_ray.shapes import prompts as shapes_prompts
 from mitune_ray.shapes.checker import check, checker_scores
 
 PREFIX = "shapes"
-SPLITS = ("train", "eval", "tune")  # the prompt lists of `mitune_ray.shapes.prompts`
+SPLITS = ("train", "eval", "tune", "val")  # the prompt lists of `mitune_ray.shapes.prompts`
 
 
 def prompt_source(source: str, where: str) -> list[str]:

@@ -219,6 +219,24 @@ def fact_key(prompt: str) -> tuple:
     return tuple((o.colour, o.shape) for o in facts.objects), facts.relation
 
 
+def _disjoint_prompts(n: int, rng: random.Random, reserved: set, what: str) -> list[str]:
+    """`n` distinct held-out-split prompts, none stating the facts (`fact_key`) in `reserved`."""
+    seen: set[str] = set()
+    out: list[str] = []
+    misses = 0
+    while len(out) < n and misses < _EXHAUSTED_AFTER:
+        prompt = describe(random_scene(rng, split="eval"), rng)
+        misses += 1
+        if prompt not in seen and fact_key(prompt) not in reserved:
+            seen.add(prompt)
+            out.append(prompt)
+            misses = 0
+    if len(out) == n:
+        return out
+    raise MituneError(f"only {len(out)} {what} prompts exist beside the reserved ones; "
+                      f"ask for at most {len(out)}, not {n}")
+
+
 def tune_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
     """`n` held-out-split prompts for self-tuning, disjoint from the evaluation prompts.
 
@@ -235,18 +253,24 @@ def tune_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
         False
     """
     reserved = {fact_key(p) for p in eval_prompts(EVAL_RESERVE)}
-    rng = random.Random(f"tune:{seed}")
-    seen: set[str] = set()
-    out: list[str] = []
-    misses = 0
-    while len(out) < n and misses < _EXHAUSTED_AFTER:
-        prompt = describe(random_scene(rng, split="eval"), rng)
-        misses += 1
-        if prompt not in seen and fact_key(prompt) not in reserved:
-            seen.add(prompt)
-            out.append(prompt)
-            misses = 0
-    if len(out) == n:
-        return out
-    raise MituneError(f"only {len(out)} tuning prompts exist beside the evaluation reserve; "
-                      f"ask for at most {len(out)}, not {n}")
+    return _disjoint_prompts(n, random.Random(f"tune:{seed}"), reserved, "tuning")
+
+
+TUNE_RESERVE = 256  # val_prompts never states the facts of the first 256 tuning prompts
+
+
+def val_prompts(n: int = 100, *, seed: int = 0) -> list[str]:
+    """`n` validation prompts: held-out-split prompts stating facts that neither
+    `eval_prompts(EVAL_RESERVE)` nor `tune_prompts(TUNE_RESERVE)` state.
+
+    What a recipe is chosen on (the bench's `eval_split=val`): a model tuned on up to
+    `TUNE_RESERVE` tuning prompts is judged on combinations it was not tuned on, as it is on the
+    evaluation prompts, which stay unseen until the recipe is fixed.
+
+    Example:
+        >>> used = {fact_key(p) for p in eval_prompts(EVAL_RESERVE) + tune_prompts(TUNE_RESERVE)}
+        >>> any(fact_key(p) in used for p in val_prompts(20))
+        False
+    """
+    reserved = {fact_key(p) for p in eval_prompts(EVAL_RESERVE) + tune_prompts(TUNE_RESERVE)}
+    return _disjoint_prompts(n, random.Random(f"val:{seed}"), reserved, "validation")

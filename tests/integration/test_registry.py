@@ -19,9 +19,10 @@ def test_shapes_registers_its_plugins_by_entry_point():
     assert registry.default_pool_metric("bundled:shapes") == "shapes"
     assert registry.default_pool_metric("tiny:sd") == "none"
     source = registry.load(registry.entry(registry.PROMPT_SOURCES, "shapes", where="prompts.train"))
-    from mitune_ray.shapes.prompts import tune_prompts
+    from mitune_ray.shapes.prompts import tune_prompts, val_prompts
 
     assert source("shapes:tune:3", "prompts.train") == tune_prompts(3)
+    assert source("shapes:val:3", "prompts.eval") == val_prompts(3)
 
 
 def test_unknown_names_and_bad_entries_are_refused():

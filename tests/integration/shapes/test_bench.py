@@ -12,7 +12,8 @@ import pytest
 from mitune_ray import layout
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes.bench import (
-    ARMS, Scale, arm_config, scale_changes, series_statistics, shared_base, svg_plot,
+    ARMS, Scale, arm_config, mitune_series, scale_changes, series_statistics, shared_base,
+    svg_plot,
 )
 from tests.runs import dump, run_cli
 
@@ -118,13 +119,25 @@ def test_scale_changes_reach_thearm_config(tmp_path):
     assert (default.train.steps, default.train.lr, default.generate.guidance) == (600, 2e-4, 7.5)
     assert scale_changes(["min_timestep=0", "control_guidance=0"]) == {
         "min_timestep": 0, "control_guidance": 0.0}  # 0: all timesteps; no control
+    # A recipe search evaluates on validation prompts; results report on the held-out ones.
+    assert default.prompts.eval == [f"shapes:eval:{Scale().eval_prompts}"]
+    val = arm_config(str(tmp_path), "mi", "bundled:shapes",
+                     Scale(**(asdict(Scale()) | scale_changes(["eval_split=val"]))), quick=False)
+    assert val.prompts.eval == [f"shapes:val:{Scale().eval_prompts}"]
+
+
+def test_a_validation_series_refuses_tuning_prompts_beyond_the_reserve(tmp_path):
+    scale = Scale(**(asdict(Scale()) | scale_changes(["eval_split=val", "train_prompts=300"])))
+    with pytest.raises(MituneError, match="train_prompts=300 with eval_split=val"):
+        mitune_series("bundled:shapes", str(tmp_path), scale, quick=False)
+    assert not any(tmp_path.iterdir())  # refused before any run
 
 
 @pytest.mark.parametrize("item, words", [
     ("lr", "FIELD=VALUE"), ("speed=3", "FIELD=VALUE"), ("keep=two", "takes an integer"),
     ("train_steps=0", "above 0"), ("mi=best", "one of paper, standard"),
     ("min_timestep=-1", "above 0 or 0"), ("chaining=merge", "one of fresh, continue"),
-    ("accumulate=yes", "takes true or false")])
+    ("accumulate=yes", "takes true or false"), ("eval_split=test", "one of eval, val")])
 def test_bad_scale_changes_are_one_line_errors(item, words):
     with pytest.raises(MituneError) as err:
         scale_changes([item])

@@ -11,7 +11,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.shapes.checker import check
 from mitune_ray.shapes.prompts import (
     EVAL_RESERVE, Facts, ObjSpec, describe, eval_prompts, fact_key, parse_prompt, scene_facts,
-    template_kind, templates, train_prompts, tune_prompts,
+    TUNE_RESERVE, template_kind, templates, train_prompts, tune_prompts, val_prompts,
 )
 from mitune_ray.shapes.world import (
     BACKGROUND, HELD_OUT_PAIRS, IMAGE_SIZE, PALETTE, Obj, Scene, held_out_combos, is_held_out,
@@ -145,8 +145,19 @@ def test_tuning_prompts_are_held_out_and_never_restate_an_evaluation_prompt(monk
     assert fact_key("a small red circle above a blue square") == fact_key(
         "a blue square with a red circle above it")
     monkeypatch.setattr("mitune_ray.shapes.prompts._EXHAUSTED_AFTER", 50)  # exhaustion, quickly
-    with pytest.raises(MituneError, match="tuning prompts exist beside the evaluation reserve"):
+    with pytest.raises(MituneError, match="tuning prompts exist beside the reserved ones"):
         tune_prompts(100_000)
+
+
+def test_validation_prompts_state_facts_neither_tuned_on_nor_evaluated_on(monkeypatch):
+    val = val_prompts(60)
+    assert val == val_prompts(60) and len(set(val)) == 60 and val != val_prompts(60, seed=1)
+    used = {fact_key(p) for p in eval_prompts(EVAL_RESERVE) + tune_prompts(TUNE_RESERVE)}
+    assert not {fact_key(p) for p in val} & used
+    assert all(len(parse_prompt(p).objects) == 2 for p in val)  # single objects: all reserved
+    monkeypatch.setattr("mitune_ray.shapes.prompts._EXHAUSTED_AFTER", 50)
+    with pytest.raises(MituneError, match="validation prompts exist beside the reserved ones"):
+        val_prompts(100_000)
 
 
 def test_held_out_split_covers_every_colour_and_shape_in_training():
