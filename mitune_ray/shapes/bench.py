@@ -393,8 +393,9 @@ def series_statistics(series: dict, scale: Scale) -> dict:
             str(r): statistics(rates("per_prompt_control", r)) for r in rounds}}
     if str(PRIMARY_ROUND) in out["rounds"]:
         out["primary_endpoint"] = {
-            "endpoint": f"{split_words(scale)} fully-correct rate after round {PRIMARY_ROUND} at guidance "
-                        f"{scale.guidance:g}", "round": PRIMARY_ROUND, "guidance": scale.guidance,
+            "endpoint": f"{split_words(scale)} fully-correct rate after round {PRIMARY_ROUND} "
+                        f"at guidance {scale.guidance:g}",
+            "round": PRIMARY_ROUND, "guidance": scale.guidance,
             **out["rounds"][str(PRIMARY_ROUND)]}
     return out
 
@@ -413,7 +414,8 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
     interrupted series keeps what it finished."""
     from mitune_ray.stages.evaluate import check_guidance
 
-    if scale.eval_split == "val" and scale.tune_split == "tune" and scale.train_prompts > TUNE_RESERVE:
+    tuned_beyond_reserve = scale.tune_split == "tune" and scale.train_prompts > TUNE_RESERVE
+    if scale.eval_split == "val" and tuned_beyond_reserve:
         raise MituneError(f"workload setting train_prompts={scale.train_prompts} with "
                           f"eval_split=val: validation prompts are disjoint from the first "
                           f"{TUNE_RESERVE} tuning prompts only; tune on at most {TUNE_RESERVE}")
