@@ -78,11 +78,13 @@ def compare(rows: dict[str, tuple], reference: dict[str, tuple], *, seed: int = 
 
     mean = data.mean(0)
     return {
-        "efficiency": efficiency_ratio(mean[:3]), "efficiency_ci": interval(lambda m: efficiency_ratio(m[:3])),
+        "efficiency": efficiency_ratio(mean[:3]),
+        "efficiency_ci": interval(lambda m: efficiency_ratio(m[:3])),
         "kept": float(mean[0]), "kept_ci": interval(lambda m: float(m[0])),
         "pool": float(mean[1]), "oracle": float(mean[2]),
         "minus_reference": efficiency_ratio(mean[:3]) - efficiency_ratio(mean[3:]),
-        "minus_reference_ci": interval(lambda m: efficiency_ratio(m[:3]) - efficiency_ratio(m[3:])),
+        "minus_reference_ci": interval(
+            lambda m: efficiency_ratio(m[:3]) - efficiency_ratio(m[3:])),
         "prompts": len(ids), "kept_by_prompt": {i: rows[i][0] for i in ids},
     }
 
