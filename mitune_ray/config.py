@@ -195,6 +195,10 @@ class EvalSection(Section):
         default_factory=lambda: ["mi"]
     )
     candidates: int = Field(2, ge=1)  # images per evaluation prompt and round
+    # Classifier-free guidance of the evaluation images; None: generate.guidance (the
+    # candidates'). Set, every version is judged at one guidance whatever guidance the candidates
+    # are sampled at (ShapesWorld's bench: candidates at low guidance, judged at the primary one).
+    guidance: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     max_prompts: int | None = Field(None, ge=1)
     blip_path: str | None = None  # transformers BLIP-VQA folder
     clip_path: str | None = None  # transformers CLIP folder (CLIPScore)

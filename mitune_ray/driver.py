@@ -160,9 +160,26 @@ class Recipe:
         self.keep_effective_batch()
         self.manifest.create_or_check(self.cfg.to_dict(), self.cfg.fingerprint(),
                                       allow_change=self.cfg.run.allow_config_change)
+        if self.cfg.run.evaluate:
+            self.check_evaluation_guidance()
         self.manifest.acquire()
         self.log(f"run {self.store.uri}: {self.family.name} model {self.cfg.model.path}, "
                  f"{self.cfg.run.rounds} rounds")
+
+    def check_evaluation_guidance(self) -> None:
+        """Every evaluation committed at the run's guidance was made at the one configured now
+        (`eval.guidance`, else `generate.guidance`): a gain is a difference of two of them."""
+        want = generation_settings(self.cfg.generate, self.cfg.eval).guidance
+        for r in range(self.cfg.run.rounds + 1):
+            version = layout.version_dir(r)
+            entry = self.manifest.stage(layout.evaluate_stage(version))
+            had = (entry or {}).get("summary", {}).get("guidance")
+            if had is not None and not math.isclose(had, want):
+                uri, label = self.store.uri, layout.version_label(version)
+                raise MituneError(
+                    f"eval.guidance {want:g}: {uri} evaluated the {label} model at guidance "
+                    f"{had:g}; keep {had:g} (eval.guidance={had:g}), evaluate again at {want:g} "
+                    f"with `mitune eval {uri} --guidance {want:g}`, or start a new run.uri")
 
     def keep_effective_batch(self) -> None:
         """Resuming with other train.workers: grad_accum follows, keeping the stored run's
@@ -369,8 +386,9 @@ class Recipe:
     def evaluate_plan(self, r: int, guidance: float | None = None) -> str:
         prompts = len(self.eval_prompts().categories)
         base = self.manifest.stage(layout.evaluate_stage(layout.BASE_VERSION, guidance)) is None
+        at = generation_settings(self.cfg.generate, self.cfg.eval, guidance).guidance
         return (f"{'the base model and ' if base else ''}the model after round {r} on {prompts} "
-                f"evaluation prompts x {self.cfg.eval.candidates} candidates: "
+                f"evaluation prompts x {self.cfg.eval.candidates} candidates at guidance {at:g}: "
                 f"{', '.join(self.cfg.eval.metrics)}")
 
     # -- the recipe -----------------------------------------------------------------------------
@@ -456,6 +474,8 @@ def evaluate_run(run_uri: str, *, overrides: list[str] | None = None,
                    if recipe.manifest.stage(layout.train_stage(r))]
         if not trained:
             raise MituneError(f"no round of {run_uri} is trained yet; nothing to evaluate")
+        if guidance is None:
+            recipe.check_evaluation_guidance()
         for r in trained:
             recipe.commit_stage(layout.evaluate_stage(layout.version_dir(r), guidance),
                                 lambda r=r: recipe.evaluate_round(r, guidance=guidance),

@@ -88,6 +88,11 @@ class Scale:
     # +0.05 at 5). On a model over-guided there a gain can come from tolerating over-guidance
     # (the previous model: guidance-control.json), hence `control_guidance`.
     guidance: float = 7.5
+    # > 0: sample the candidates at this guidance instead, and judge every version at `guidance`
+    # all the same (`eval.guidance`): guided sampling tilts the pool toward the prompt, so a random
+    # pick inherits part of the selection; at lower guidance more of the alignment is the
+    # selector's (the selector issue's first hypothesis). 0: candidates at `guidance`.
+    candidate_guidance: float = 0.0
     # Prompts MI-TUNE tunes on: "tune" (held-out combinations, none restating an evaluation
     # prompt: the paper's train/validation prompts of one category) or "train" (the base
     # model's own training split: improvements must then transfer to unseen combinations).
@@ -230,7 +235,9 @@ def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool,
         f"prompts.train=[shapes:{scale.tune_split}:{scale.train_prompts}]",
         f"prompts.eval=[shapes:{scale.eval_split}:{scale.eval_prompts}]", "prompts.val_fraction=0.1",
         f"generate.candidates={scale.candidates}", f"generate.keep={scale.keep}",
-        f"generate.steps={scale.steps}", f"generate.guidance={scale.guidance}",
+        f"generate.steps={scale.steps}",
+        f"generate.guidance={scale.candidate_guidance or scale.guidance}",
+        f"eval.guidance={scale.guidance}",
         "generate.max_batch=64", f"generate.candidate_cache={root}/{CANDIDATE_CACHE}",
         f"generate.prompts_per_batch={4 if quick else 8}", f"generate.actors={actors}",
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
@@ -419,8 +426,9 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
         raise MituneError(f"workload setting train_prompts={scale.train_prompts} with "
                           f"eval_split=val: validation prompts are disjoint from the first "
                           f"{TUNE_RESERVE} tuning prompts only; tune on at most {TUNE_RESERVE}")
-    if scale.control_guidance:  # before hours of runs, not after
-        check_guidance(scale.control_guidance, "workload setting control_guidance")
+    for name in ("control_guidance", "candidate_guidance"):  # before hours of runs, not after
+        if getattr(scale, name):
+            check_guidance(getattr(scale, name), f"workload setting {name}")
     series: dict = {"arms": list(arms), "replicates": {}}
     for k in range(1, replicates + 1):
         entry = series["replicates"][str(k)] = {"seeds": replicate_seeds(k),
@@ -461,7 +469,8 @@ def svg_plot(result: dict) -> str:
 
 
 # The numeric Scale fields where 0 is a setting, not a mistake.
-ZERO_MEANS = {"min_timestep": "every timestep", "control_guidance": "no control evaluation"}
+ZERO_MEANS = {"min_timestep": "every timestep", "control_guidance": "no control evaluation",
+              "candidate_guidance": "candidates at the evaluation guidance"}
 CHAININGS = get_args(RunSection.model_fields["chaining"].annotation)  # "fresh", "continue"
 
 

@@ -99,11 +99,14 @@ class EvalPrompts:
 def generation_settings(gen: GenerateSection, ev: EvalSection,
                         guidance: float | None = None) -> GenerateSection:
     """The generation stage's settings for evaluation images: `eval.candidates` per prompt, all
-    kept, nothing pruned or judged, at the run's guidance or at `guidance`."""
+    kept, nothing pruned or judged, at the run's evaluation guidance (`eval.guidance`, else
+    `generate.guidance`) or at `guidance`."""
+    if guidance is None:
+        guidance = gen.guidance if ev.guidance is None else ev.guidance
     return gen.model_copy(update={"candidates": ev.candidates, "keep": ev.candidates,
                                   "gallery_prompts": 0, "select_by": "mi", "pool_metric": "none",
-                                  "prune": gen.prune.model_copy(update={"enabled": False})}
-                          | ({} if guidance is None else {"guidance": guidance}))
+                                  "guidance": guidance,
+                                  "prune": gen.prune.model_copy(update={"enabled": False})})
 
 
 def metric_columns(table: pa.Table, ev: EvalSection, *,

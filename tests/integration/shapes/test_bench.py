@@ -21,7 +21,7 @@ from tests.runs import dump, run_cli
 def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_path):
     out, log = tmp_path / "bench", tmp_path / "bench.log"
     code = run_cli(["shapes", "bench", "--quick", "--arms", "mi", "--out", str(out),
-                    "control_guidance=2"], cwd=tmp_path, log=log)
+                    "control_guidance=2", "candidate_guidance=3"], cwd=tmp_path, log=log)
     assert code == 0, dump(log)
     result = json.loads((out / "shapes-bench.json").read_text())
 
@@ -59,9 +59,13 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     pool = json.loads((run / "manifest.json").read_text())["stages"]["round-001/generate"]["pool"]
     assert 0.0 <= pool["pool"] <= pool["best"] <= 1.0 and 0.0 <= pool["kept"] <= pool["best"]
     assert pool["kept"] == pytest.approx(kept["fully_correct"])
-    # The run behind the numbers: base and round-1 evaluations by the exact checker.
+    # The run behind the numbers: base and round-1 evaluations by the exact checker, at the
+    # bench's guidance although the candidates were sampled at candidate_guidance.
+    assert json.loads((run / "manifest.json").read_text())["config"]["generate"]["guidance"] == 3
     for version in ("eval-base", "round-001"):
         assert (run / version / "eval" / "scores.parquet").exists()
+        assert json.loads((run / version / "eval" / "metrics.json").read_text())["guidance"] == \
+            result["scale"]["guidance"] == 7.5
     # Every version again at the control guidance, same prompts and seeds, other images.
     control = gain["control"]
     assert control["guidance"] == 2.0 and control["prompts"] == gain["prompts"]
@@ -108,7 +112,11 @@ def test_scale_changes_reach_thearm_config(tmp_path):
     cfg = arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
     assert cfg.prompts.train == ["shapes:tune:96"]
     assert (cfg.generate.keep, cfg.train.lr, cfg.train.steps) == (3, 5e-4, Scale().train_steps)
-    assert cfg.generate.guidance == 3.0  # evaluation generates with the same section
+    assert cfg.generate.guidance == cfg.eval.guidance == 3.0
+    low = arm_config(str(tmp_path), "random", "bundled:shapes",
+                     Scale(**(asdict(Scale()) | scale_changes(["candidate_guidance=2"]))),
+                     quick=False)  # candidates at 2, every version judged at the bench's 7.5
+    assert (low.generate.guidance, low.eval.guidance) == (2.0, 7.5)
     assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
     assert (cfg.run.chaining, cfg.run.accumulate) == ("continue", True)
     assert scale_changes(["accumulate=False"]) == {"accumulate": False}
@@ -117,8 +125,9 @@ def test_scale_changes_reach_thearm_config(tmp_path):
     assert (default.run.chaining, default.run.accumulate) == ("fresh", True)
     assert (default.train.loss_weight_cap, default.train.min_timestep) == (100.0, 700)
     assert (default.train.steps, default.train.lr, default.generate.guidance) == (600, 2e-4, 7.5)
-    assert scale_changes(["min_timestep=0", "control_guidance=0"]) == {
-        "min_timestep": 0, "control_guidance": 0.0}  # 0: all timesteps; no control
+    assert scale_changes(["min_timestep=0", "control_guidance=0", "candidate_guidance=0"]) == {
+        "min_timestep": 0, "control_guidance": 0.0,
+        "candidate_guidance": 0.0}  # 0: all timesteps; no control; candidates at `guidance`
     # A recipe search evaluates on validation prompts; results report on the held-out ones.
     assert default.prompts.eval == [f"shapes:eval:{Scale().eval_prompts}"]
     val = arm_config(str(tmp_path), "mi", "bundled:shapes",
@@ -144,13 +153,14 @@ def test_bad_scale_changes_are_one_line_errors(item, words):
     assert words in str(err.value) and item in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_bad_control_guidance_fails_before_any_arm_runs(tmp_path):
+@pytest.mark.parametrize("name", ["control_guidance", "candidate_guidance"])
+def test_a_bad_guidance_setting_fails_before_any_arm_runs(tmp_path, name):
     out, log = tmp_path / "bench", tmp_path / "bench.log"
     code = run_cli(["shapes", "bench", "--quick", "--skip-agreement", "--out", str(out),
-                    "control_guidance=inf"], cwd=tmp_path, log=log)
+                    f"{name}=inf"], cwd=tmp_path, log=log)
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert code == 2 and lines[-1].startswith(
-        "mitune: error: workload setting control_guidance inf"), dump(log)
+        f"mitune: error: workload setting {name} inf"), dump(log)
     assert "finite number above 0" in lines[-1] and not out.exists()
 
 
