@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -168,11 +168,14 @@ class CandidateSampler:
         return embeds, pooled
 
     @torch.no_grad()
-    def sample(self, seeds: list[int], cond: Conditioning, segments: list[int] | None = None):
+    def sample(self, seeds: list[int], cond: Conditioning, segments: list[int] | None = None,
+               observe: Callable | None = None):
         """Run the sampler for one denoiser batch.
 
         `cond` has one row per candidate; `segments` gives the candidates per prompt (contiguous),
-        used only for pruning. Returns (kept row indices, final latents fp32, TrajectoryMI).
+        used only for pruning. `observe(i, t, latents, guided, acc)`, if given, sees every step i
+        after its prediction and MI update, before the solver steps (what a pruning rule could
+        read then). Returns (kept row indices, final latents fp32, TrajectoryMI).
         """
         batch = len(seeds)
         gens = [torch.Generator(self.device).manual_seed(s) for s in seeds]
@@ -205,9 +208,23 @@ class CandidateSampler:
             cond_out, uncond_out = out.float().chunk(2)
             acc.update(i, cond_out, uncond_out)
             guided = uncond_out + self.gen.guidance * (cond_out - uncond_out)
+            if observe is not None:
+                observe(i, t, latents, guided, acc)
             step_kwargs = {"generator": gens} if self.fam.process == "ddpm" else {}
             latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
         return alive, latents.float(), acc
+
+    def predicted_clean(self, latents: torch.Tensor, output: torch.Tensor, t) -> torch.Tensor:
+        """The clean latent the model predicts at step t from its (guided) output there."""
+        if self.fam.process == "flow":  # x_t = (1 - s) x0 + s noise, v = noise - x0
+            return latents - float(t) / 1000.0 * output
+        abar = self.scheduler.alphas_cumprod[int(t)].to(latents.device, torch.float32)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (latents - (1 - abar).sqrt() * output) / abar.sqrt()
+        if kind == "v_prediction":
+            return abar.sqrt() * latents - (1 - abar).sqrt() * output
+        return output  # "sample"
 
     def _keep_solver_state(self, keep: torch.Tensor) -> None:
         """A multistep solver (DPM-Solver++) keeps its last predictions per row: keep those of

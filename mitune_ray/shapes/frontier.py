@@ -5,7 +5,9 @@ for classifier-free guidance + 2 x K re-noising draws for the point-wise MI; the
 trajectory MI comes free with sampling). The frontier scores one pool of prompts x N candidates
 per sampler setting (`pool.py`, resumable, one work folder each), and reads every cheaper
 setting off it: the first n of the N candidates (their seeds do not depend on N) and the first k
-of the K draws. Per cell: rows per kept image, pool selection efficiency and the kept images'
+of the K draws, and pruning (successive halving: at a quarter or half of the steps keep half or
+a quarter of the candidates, by the trajectory MI so far or by an early point-wise score of the
+predicted clean latent; both recorded by the pool at those steps). Per cell: rows per kept image, pool selection efficiency and the kept images'
 fully-correct rate, each with a 95% bootstrap interval over prompts, and the paired difference
 in efficiency from the reference (the first sampler setting at N candidates and K draws: the
 paper's cost). Settings are chosen on validation prompts (the cheapest whose efficiency is
@@ -18,19 +20,25 @@ within `--band` of the reference's) and reported on held-out prompts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from mitune_ray.metrics.agreement import bootstrap_two_level_interval
 from mitune_ray.shapes.pool import (
-    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, efficiency_ratio, score_pool, work_parser,
-    write_result,
+    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, efficiency_ratio, prune_step, score_pool,
+    work_parser, write_result,
 )
 from mitune_ray.storage import Store
 
 SETTINGS = ("ddpm:100", "ddpm:25", "ddim:25", "dpmsolver:25", "ddim:15", "dpmsolver:15")
 BAND = 0.05  # the issue's: efficiency within 0.05 of the paper-cost setting
+
+
+PRUNE_AT = (0.25, 0.5)  # fractions of the steps where the frontier's pools can prune
+PRUNE_KEEP = (0.5, 0.25)  # the share of a prompt's candidates a pruning step keeps
+PRUNE_BY = ("trajectory", "early")  # the partial scores a pool records (`pool.score_batch`)
 
 
 @dataclass(frozen=True)
@@ -39,20 +47,46 @@ class Cell:
     steps: int
     candidates: int  # n: the first n of the pool's candidates
     draws: int  # k: the first k re-noising draws (0: the paper's trajectory form, no draws)
+    # Successive halving: at `prune_at` of the steps keep the best `prune_keep` of the n by a
+    # partial score, "trajectory" (the MI so far: `generate.prune`) or "early" (the point-wise
+    # standard form of the predicted clean latent, `early_draws` shared draws); "": no pruning.
+    prune_by: str = ""
+    prune_at: float = 0.0
+    prune_keep: float = 1.0
+    early_draws: int = 0
 
     @property
     def name(self) -> str:
         score = f"K={self.draws}" if self.draws else "trajectory"
-        return f"{self.sampler} {self.steps} steps, {self.candidates} candidates, {score}"
+        name = f"{self.sampler} {self.steps} steps, {self.candidates} candidates, {score}"
+        if self.prune_by:
+            by = ("trajectory MI" if self.prune_by == "trajectory"
+                  else f"early standard K={self.early_draws}")
+            name += f", {self.prune_keep:.0%} kept at {self.prune_at:.0%} of the steps by {by}"
+        return name
+
+    @property
+    def survivors(self) -> int:
+        """Candidates that finish sampling (all unless pruned; at least one)."""
+        if not self.prune_by:
+            return self.candidates
+        return max(1, math.ceil(self.prune_keep * self.candidates))
 
     @property
     def rows_per_kept(self) -> int:
-        """Denoiser rows per kept image (one kept per prompt)."""
-        return self.candidates * 2 * (self.steps + self.draws)
+        """Denoiser rows per kept image (one kept per prompt): every candidate's steps up to the
+        pruning point and its early score, then the survivors' remaining steps and final score."""
+        n, m = self.candidates, self.survivors
+        if not self.prune_by:
+            return n * 2 * (self.steps + self.draws)
+        before = prune_step(self.prune_at, self.steps)
+        early = self.early_draws if self.prune_by == "early" else 0
+        return n * 2 * (before + early) + m * 2 * (self.steps - before + self.draws)
 
 
 def cell_rows(records: list[dict], cell: Cell) -> dict[str, tuple[float, float, float]]:
-    """(kept, pool, oracle) per prompt id for one cell (standard form, mean over its draws)."""
+    """(kept, pool, oracle) per prompt id for one cell (standard form, mean over its draws);
+    pool and oracle over all n candidates sampled, so what pruning loses shows as efficiency."""
     out = {}
     n = cell.candidates
     for rec in records:
@@ -61,6 +95,12 @@ def cell_rows(records: list[dict], cell: Cell) -> dict[str, tuple[float, float, 
             scores = np.array(rec["standard"])[: cell.draws, :n].mean(0)
         else:
             scores = np.array(rec["trajectory"][:n])
+        if cell.prune_by:
+            j = rec["prune_at"].index(cell.prune_at)
+            partial = (np.array(rec["partial_trajectory"][j][:n]) if cell.prune_by == "trajectory"
+                       else np.array(rec["early_standard"][j])[:, :n].mean(0))
+            alive = np.argsort(-partial, kind="stable")[: cell.survivors]
+            scores = np.where(np.isin(np.arange(n), alive), scores, -np.inf)
         out[rec["prompt_id"]] = (float(correct[int(np.argmax(scores))]), float(correct.mean()),
                                  float(correct.max()))
     return out
@@ -113,7 +153,10 @@ def run_frontier(model_path: str, root: Store, scale: PoolScale, settings: list[
         records[(sampler, steps)] = score_pool(model_path, root.child(f"{sampler}-{steps}"),
                                                replace(scale, sampler=sampler, steps=steps), log)
         for n in subsets(scale.candidates, (8, 16, 32, 50)):
-            cells += [Cell(sampler, steps, n, k) for k in [0, *subsets(scale.draws, (8, 16, 32))]]
+            for k in [0, *subsets(scale.draws, (8, 16, 32))]:
+                cells.append(Cell(sampler, steps, n, k))
+                cells += [Cell(sampler, steps, n, k, by, at, keep, scale.early_draws)
+                          for by in PRUNE_BY for at in scale.prune_at for keep in PRUNE_KEEP]
     sampler, steps = settings[0]
     reference = Cell(sampler, steps, scale.candidates, scale.draws)
     result: dict = {"scale": asdict(scale), "model": model_path, "band": band,
@@ -177,6 +220,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--settings: {exc}")
     base = QUICK if args.quick else PoolScale()
     scale = replace(base, candidates=base.candidates if args.quick else args.candidates,
+                    prune_at=PRUNE_AT,
                     **{k: v for k, v in (("prompts", args.prompts),
                                          ("val_prompts", args.val_prompts)) if v is not None})
     if scale.candidates < 1 or scale.val_prompts < 1 or scale.prompts < 0:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -59,6 +59,13 @@ class PoolScale:
     guidance: float = 7.5  # the operating guidance of the ShapesWorld bench
     batch_prompts: int = 4  # prompts per unit of resumable work (sampled in one denoiser batch)
     sampler: str = "ddpm"  # `generate.scheduler`: ddpm, ddim or dpmsolver
+    # Fractions of the steps where a candidate could be pruned (`generate.prune.at`): at each, a
+    # record keeps two partial scores of every candidate, read before the step a pruned sampler
+    # drops it at: the trajectory MI so far (what `generate.prune` ranks by) and the point-wise
+    # standard form of the clean latent predicted then, with `early_draws` draws shared by the
+    # prompt's candidates. (): no partial scores (`mitune shapes frontier` asks for them).
+    prune_at: tuple[float, ...] = ()
+    early_draws: int = 4
 
 
 QUICK = PoolScale(val_prompts=2, prompts=3, candidates=4, draws=8, steps=4, batch_prompts=2)
@@ -117,14 +124,34 @@ def prompt_lists(scale: PoolScale) -> dict[str, list[str]]:
 
 def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
     """Every candidate of `texts`: the checker's verdict, the trajectory MI, and each shared
-    re-noising draw's level and value in both forms (unweighted values are value / scale)."""
+    re-noising draw's level and value in both forms (unweighted values are value / scale); with
+    `scale.prune_at`, the partial scores at each pruning point too."""
     cond = encode_prompts(sampler.pipe, sampler.fam, texts, sampler.device)
     table = sampler.level_table()
     n = scale.candidates
     ids = [prompt_id(t) for t in texts]
     seeds = [candidate_seed(0, pid, 1, c) for pid in ids for c in range(n)]
     every = torch.arange(len(texts)).repeat_interleave(n)
-    _, latents, acc = sampler.sample(seeds, cond.rows(every))  # all the batch's candidates at once
+    early: dict[int, list[float]] = {}
+    for at in scale.prune_at:
+        early.setdefault(prune_step(at, len(sampler.timesteps)) - 1, []).append(at)
+    early_draws = [draw_levels(table, scale.early_draws, tuple(sampler.shape),
+                               generator=torch.Generator().manual_seed(
+                                   derive_seed("pool-early-draws", pid)))
+                   for pid in ids] if early else []
+    partial: dict[float, tuple[list, list]] = {}
+
+    def observe(i, t, x, guided, acc):
+        if i in early:  # the scores a pruning rule would read before step i + 1
+            clean = sampler.predicted_clean(x, guided, t)
+            standard = [sampler.renoise_terms(clean[p * n:(p + 1) * n],
+                                              cond.rows(every[p * n:(p + 1) * n]), draws)[0]
+                        for p, draws in enumerate(early_draws)]
+            for at in early[i]:
+                partial[at] = (acc.mi.cpu().clone(), standard)
+
+    _, latents, acc = sampler.sample(seeds, cond.rows(every),  # all the batch's candidates at once
+                                     observe=observe if early else None)
     images = to_uint8(decode_latents(sampler.pipe, latents))
     trajectory = acc.mi.cpu()
     out = []
@@ -142,8 +169,16 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
             "levels": [float(table.levels[int(i)]) for i in draws.index],
             "scale": _short(draws.scale), "standard": _short(standard),
             "orthogonal": _short(orthogonal),
-        })
+        } | ({"prune_at": list(scale.prune_at),
+              "partial_trajectory": [partial[at][0][mine].tolist() for at in scale.prune_at],
+              "early_standard": [_short(partial[at][1][p]) for at in scale.prune_at]}
+             if scale.prune_at else {}))
     return out
+
+
+def prune_step(at: float, steps: int) -> int:
+    """The step a sampler pruning at fraction `at` drops candidates before (`CandidateSampler`)."""
+    return round(at * steps)
 
 
 def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
@@ -239,17 +274,20 @@ def score_split(sampler: CandidateSampler, out: Store, split: str, texts: list[s
 
 
 # What a work folder's records depend on: a rerun with other values would mix pools.
-WORK_KEYS = ("candidates", "draws", "steps", "guidance", "batch_prompts", "sampler")
+WORK_KEYS = ("candidates", "draws", "steps", "guidance", "batch_prompts", "sampler", "prune_at",
+             "early_draws")
 WORK = "work.json"
 
 
 def check_work(out: Store, scale: PoolScale, model_path: str) -> None:
     """Record what `out`'s records are scored with, or refuse a rerun that would mix them."""
-    want = {k: getattr(scale, k) for k in WORK_KEYS} | {"model": model_path}
+    want = json.loads(json.dumps({k: getattr(scale, k) for k in WORK_KEYS} | {"model": model_path}))
     if not out.exists(WORK):
         out.write_json(WORK, want)
         return
-    have = out.read_json(WORK)
+    # A folder from before a key existed was scored as that key's default says.
+    have = {k: getattr(PoolScale(), k) for k in WORK_KEYS} | out.read_json(WORK)
+    have = json.loads(json.dumps(have))
     changed = [f"{k} {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
     if changed:
         raise MituneError(f"the pool work folder {out.uri} was scored with other settings "
@@ -314,20 +352,26 @@ def write_result(out: Store, result_file: str, result: dict, copy: str | None) -
             f.write(text)
 
 
+# PoolScale fields `mitune shapes pool` leaves at their defaults: the frontier's pruning points.
+FRONTIER_ONLY = ("prune_at", "early_draws")
+
+
 def main(argv: list[str]) -> int:
     parser = work_parser("pool", "pool selection efficiency of every MI estimator variant on "
                                  "ShapesWorld", "pool.json")
     for field, default in asdict(PoolScale()).items():
+        if field in FRONTIER_ONLY:
+            continue
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=None,
                             help=f"default {default} ({QUICK.__dict__[field]} with --quick)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else PoolScale()
-    scale = PoolScale(**{f: getattr(args, f) if getattr(args, f) is not None else v
-                         for f, v in asdict(base).items()})
+    scale = replace(base, **{f: getattr(args, f) for f in asdict(base)
+                             if f not in FRONTIER_ONLY and getattr(args, f) is not None})
     if scale.sampler not in SAMPLERS:
         parser.error(f"--sampler {scale.sampler} is not one of {', '.join(SAMPLERS)}")
     for field, value in asdict(scale).items():
-        if field == "sampler":
+        if field == "sampler" or field in FRONTIER_ONLY:
             continue
         if not (value > 0 or (field == "prompts" and value == 0)):
             least = "0 (no held-out prompts)" if field == "prompts" else "above 0"

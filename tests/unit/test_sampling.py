@@ -9,7 +9,7 @@ import torch
 from mitune_ray.config import GenerateSection, MISection
 from mitune_ray.errors import MituneError
 from mitune_ray import sampling
-from mitune_ray.families import load_pipeline
+from mitune_ray.families import encode_prompts, load_pipeline
 from mitune_ray.sampling import CandidateSampler, Prompt, candidate_seed
 
 FAMILIES = ["sd", "sdxl", "sd3"]
@@ -291,3 +291,42 @@ def test_re_noising_draws_share_denoiser_calls_without_changing_the_scores(pipes
     assert calls == [60]
     for a, b in zip(one, many):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_an_observer_reads_what_a_pruning_step_ranks_by(pipes):
+    """What `observe` sees before the pruning step is what the pruned sampler ranks by: the
+    ShapesWorld frontier simulates pruning offline from it (`shapes.pool`)."""
+    pipe, fam = pipes("sd")
+    n, texts = 8, [p.text for p in PROMPTS]
+    cond = encode_prompts(pipe, fam, texts, "cpu").rows(torch.arange(2).repeat_interleave(n))
+    seeds = [candidate_seed(0, p.prompt_id, 1, c) for p in PROMPTS for c in range(n)]
+    full = make(pipes, "sd", candidates=n, keep=1, max_batch=16, mi=PAPER)
+    seen, partial = [], {}
+
+    def observe(i, t, latents, guided, acc):
+        seen.append(i)
+        if i == 3:  # pruning at half of 8 steps drops candidates before step 4
+            partial["mi"] = acc.mi.clone()
+
+    full.sample(seeds, cond, observe=observe)
+    assert seen == list(range(8))
+    pruned = make(pipes, "sd", candidates=n, keep=1, max_batch=16, mi=PAPER,
+                  prune={"enabled": True, "at": 0.5, "keep": 0.5})
+    alive, _, _ = pruned.sample(seeds, cond, segments=[n, n])
+    best = [p * n + j for p in range(2) for j in torch.topk(partial["mi"][p * n:(p + 1) * n], 4)
+            .indices.tolist()]
+    assert sorted(alive.tolist()) == sorted(best)
+
+
+@pytest.mark.parametrize("name", ["sd", "sd3"])
+def test_the_predicted_clean_latent_undoes_the_forward_process(pipes, name):
+    sampler = make(pipes, name)
+    g = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    if name == "sd3":  # x_t = (1 - s) x0 + s noise; the model predicts noise - x0
+        s = 0.6
+        x, output, t = (1 - s) * clean + s * noise, noise - clean, s * 1000.0
+    else:  # x_t = sqrt(abar) x0 + sqrt(1 - abar) eps; the model predicts eps
+        abar = sampler.scheduler.alphas_cumprod[600]
+        x, output, t = abar.sqrt() * clean + (1 - abar).sqrt() * noise, noise, 600
+    torch.testing.assert_close(sampler.predicted_clean(x, output, t), clean, atol=1e-4, rtol=1e-4)

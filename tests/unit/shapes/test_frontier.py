@@ -32,6 +32,24 @@ def test_a_cell_reads_the_first_candidates_and_draws_and_counts_its_rows():
     assert subsets(50, (8, 16, 32, 50)) == [8, 16, 32, 50] and subsets(12, (8, 16)) == [8, 12]
 
 
+def test_a_pruned_cell_picks_among_the_survivors_and_counts_their_rows():
+    # 4 candidates; the final score (K=1) prefers candidate 3, the partial trajectory MI at half
+    # of the steps candidates 0 and 1, the early standard score candidates 2 and 3.
+    rec = _record("a", [1, 0, 0, 1], [0.0, 0.5, 0.9, 0.1], [[0.0, 0.2, 0.1, 5.0]]) | {
+        "prune_at": [0.25, 0.5], "partial_trajectory": [[0, 0, 0, 0], [3.0, 2.0, 1.0, 0.0]],
+        "early_standard": [[[0, 0, 0, 0]], [[0.0, 0.0, 1.0, 2.0]]]}
+    by_mi = Cell("ddim", 16, 4, 1, "trajectory", 0.5, 0.5)
+    assert cell_rows([rec], by_mi)["a"] == (0.0, 0.5, 1.0)  # 3 pruned: candidate 1 kept
+    early = Cell("ddim", 16, 4, 1, "early", 0.5, 0.5, early_draws=2)
+    assert cell_rows([rec], early)["a"] == (1.0, 0.5, 1.0)  # 3 survives and is kept
+    assert cell_rows([rec], Cell("ddim", 16, 4, 1, "early", 0.5, 0.25, 2))["a"][0] == 1.0
+    # All 4 run 8 steps (and 2 early draws); 2 survivors run 8 more and 1 re-noising draw.
+    assert by_mi.rows_per_kept == 4 * 2 * 8 + 2 * 2 * (8 + 1)
+    assert early.rows_per_kept == 4 * 2 * (8 + 2) + 2 * 2 * (8 + 1)
+    assert Cell("ddim", 16, 4, 1, "early", 0.5, 0.1, 2).survivors == 1  # at least one
+    assert "50% kept at 50% of the steps by early standard K=2" in early.name
+
+
 def test_the_difference_from_the_reference_is_paired_over_prompts():
     rng = np.random.default_rng(0)
     ref = {f"p{i}": (float(rng.random() < 0.7), 0.5, 1.0) for i in range(60)}
@@ -76,7 +94,12 @@ def test_quick_frontier_scores_a_pool_per_sampler_and_resumes(tmp_path, capsys):
     assert result["reference"] == "ddpm 4 steps, 4 candidates, K=8"
     for split, n in (("validation", 2), ("held_out", 3)):
         cells = result["splits"][split]
-        assert len(cells) == 2 * 2  # samplers x (trajectory, K=8) at the 4 candidates
+        # samplers x (trajectory, K=8) at the 4 candidates, each unpruned and pruned by 2
+        # scores at 2 points to 2 shares
+        assert len(cells) == 2 * 2 * (1 + 2 * 2 * 2)
+        pruned = [c for c in cells.values() if c["prune_by"]]
+        assert all(c["rows_per_kept"] < cells[result["reference"]]["rows_per_kept"]
+                   for c in pruned if c["sampler"] == "ddpm" and c["draws"] == 8)
         ref = cells[result["reference"]]
         assert ref["prompts"] == n and 0.0 <= ref["pool"] <= ref["oracle"] <= 1.0
         if np.isfinite(ref["efficiency"]):  # a prompt with room to select
