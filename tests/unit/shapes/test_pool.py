@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from mitune_ray.errors import MituneError
 from mitune_ray.shapes.pool import (
-    TRAJECTORY, Variant, efficiency, main, summarize, variant_scores, variants,
+    TRAJECTORY, PoolScale, Variant, check_work, efficiency, main, summarize, variant_scores,
+    variants,
 )
+from mitune_ray.storage import Store
 
 
 def _record(pid, correct, trajectory, levels, standard, orthogonal, scale=None):
@@ -91,3 +95,12 @@ def test_bad_settings_are_refused_in_one_line(tmp_path, capsys):
     assert err.value.code == 2
     assert "--draws 0 must be above 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_work_folder_from_before_the_pruning_points_resumes_without_them(tmp_path):
+    old = {"candidates": 16, "draws": 32, "steps": 25, "guidance": 7.5, "batch_prompts": 4,
+           "sampler": "ddpm", "model": "bundled:shapes"}
+    (tmp_path / "work.json").write_text(json.dumps(old))
+    check_work(Store(str(tmp_path)), PoolScale(), "bundled:shapes")  # scored without them
+    with pytest.raises(MituneError, match=r"prune_at \[\] -> \[0.5\]"):
+        check_work(Store(str(tmp_path)), replace(PoolScale(), prune_at=(0.5,)), "bundled:shapes")
