@@ -76,6 +76,11 @@ class PromptCandidates:
     # (NaN: pruned early); empty without a judge
 
 
+def prune_step(at: float, steps: int) -> int:
+    """The step a sampler pruning at fraction `at` of `steps` drops candidates before."""
+    return round(at * steps)
+
+
 class CandidateSampler:
     """Holds one pipeline and samples MI-scored candidates for batches of prompts.
 
@@ -117,7 +122,7 @@ class CandidateSampler:
                 self.scheduler.sigmas.tolist(), sigma_min=mi.sigma_min, reduction=mi.reduction)
             guidance = gen.guidance if mi.velocity == "guided" else None
             self.term = lambda c, u: velocity_term(c, u, guidance=guidance)
-        self.prune_step = (round(gen.prune.at * len(self.timesteps))
+        self.prune_step = (prune_step(gen.prune.at, len(self.timesteps))
                            if gen.prune.enabled and gen.prune.keep < 1.0 else None)
 
     def _make_scheduler(self):

@@ -7,11 +7,12 @@ per sampler setting (`pool.py`, resumable, one work folder each), and reads ever
 setting off it: the first n of the N candidates (their seeds do not depend on N) and the first k
 of the K draws, and pruning (successive halving: at a quarter or half of the steps keep half or
 a quarter of the candidates, by the trajectory MI so far or by an early point-wise score of the
-predicted clean latent; both recorded by the pool at those steps). Per cell: rows per kept image, pool selection efficiency and the kept images'
-fully-correct rate, each with a 95% bootstrap interval over prompts, and the paired difference
-in efficiency from the reference (the first sampler setting at N candidates and K draws: the
-paper's cost). Settings are chosen on validation prompts (the cheapest whose efficiency is
-within `--band` of the reference's) and reported on held-out prompts.
+predicted clean latent; both recorded by the pool at those steps). Per cell: rows per kept
+image, pool selection efficiency and the kept images' fully-correct rate, each with a 95%
+bootstrap interval over prompts, and the paired difference in efficiency from the reference (the
+first sampler setting at N candidates and K draws: the paper's cost). Settings are chosen on
+validation prompts (the cheapest whose efficiency is within `--band` of the reference's) and
+reported on held-out prompts.
 
     mitune shapes frontier --out runs/frontier      # DDPM 100 (reference), DDPM 25, DDIM and
                                                     # DPM-Solver++ at 25 and 15, N 50, K 32
@@ -27,9 +28,10 @@ import numpy as np
 
 from mitune_ray.metrics.agreement import bootstrap_two_level_interval
 from mitune_ray.shapes.pool import (
-    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, efficiency_ratio, prune_step, score_pool,
-    work_parser, write_result,
+    BOOTSTRAPS, QUICK, SAMPLERS, PoolScale, efficiency_ratio, score_pool, work_parser,
+    write_result,
 )
+from mitune_ray.sampling import prune_step
 from mitune_ray.storage import Store
 
 SETTINGS = ("ddpm:100", "ddpm:25", "ddim:25", "dpmsolver:25", "ddim:15", "dpmsolver:15")
@@ -39,6 +41,7 @@ BAND = 0.05  # the issue's: efficiency within 0.05 of the paper-cost setting
 PRUNE_AT = (0.25, 0.5)  # fractions of the steps where the frontier's pools can prune
 PRUNE_KEEP = (0.5, 0.25)  # the share of a prompt's candidates a pruning step keeps
 PRUNE_BY = ("trajectory", "early")  # the partial scores a pool records (`pool.score_batch`)
+MIN_STEPS = 4  # a quarter of the steps is at least one step
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,10 @@ def compare(rows: dict[str, tuple], reference: dict[str, tuple], *, seed: int = 
 def parse_setting(text: str) -> tuple[str, int]:
     """"dpmsolver:15" -> ("dpmsolver", 15); anything else: ValueError naming the fix."""
     name, _, steps = text.partition(":")
-    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < MIN_STEPS:
         raise ValueError(f"sampler setting {text!r} is not SAMPLER:STEPS with SAMPLER one of "
-                         f"{', '.join(SAMPLERS)} and STEPS a positive integer (e.g. ddim:25)")
+                         f"{', '.join(SAMPLERS)} and STEPS an integer of at least {MIN_STEPS} "
+                         "(e.g. ddim:25; pruning at a quarter of the steps needs a step before it)")
     return name, int(steps)
 
 

@@ -39,7 +39,7 @@ from mitune_ray.metrics.agreement import bootstrap_two_level_interval
 from mitune_ray.mi import draw_levels
 from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.prompts import prompt_id
-from mitune_ray.sampling import CandidateSampler, candidate_seed, derive_seed
+from mitune_ray.sampling import CandidateSampler, candidate_seed, derive_seed, prune_step
 from mitune_ray.shapes.checker import check
 from mitune_ray.shapes.prompts import eval_prompts, tune_prompts
 from mitune_ray.storage import Store
@@ -139,7 +139,7 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
                                generator=torch.Generator().manual_seed(
                                    derive_seed("pool-early-draws", pid)))
                    for pid in ids] if early else []
-    partial: dict[float, tuple[list, list]] = {}
+    partial: dict[float, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def observe(i, t, x, guided, acc):
         if i in early:  # the scores a pruning rule would read before step i + 1
@@ -174,11 +174,6 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
               "early_standard": [_short(partial[at][1][p]) for at in scale.prune_at]}
              if scale.prune_at else {}))
     return out
-
-
-def prune_step(at: float, steps: int) -> int:
-    """The step a sampler pruning at fraction `at` drops candidates before (`CandidateSampler`)."""
-    return round(at * steps)
 
 
 def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:

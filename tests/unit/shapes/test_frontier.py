@@ -76,7 +76,7 @@ def test_the_cheapest_setting_within_the_band_is_chosen():
     assert choose({"ref": {"minus_reference": float("nan"), "rows_per_kept": 1}}, 0.05) is None
 
 
-@pytest.mark.parametrize("text", ["euler:20", "ddim", "ddim:0", "ddim:x"])
+@pytest.mark.parametrize("text", ["euler:20", "ddim", "ddim:0", "ddim:3", "ddim:x"])
 def test_a_bad_sampler_setting_names_the_fix(text):
     with pytest.raises(ValueError, match="SAMPLER:STEPS"):
         parse_setting(text)
