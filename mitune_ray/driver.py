@@ -42,7 +42,8 @@ from mitune_ray.runtime import ensure_ray
 from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck
 from mitune_ray.stages.evaluate import (
-    BUILTIN_METRICS, EvalPrompts, check_guidance, generation_settings, score_version,
+    BUILTIN_METRICS, EvalPrompts, check_guidance, evaluation_guidance, generation_settings,
+    score_version,
 )
 from mitune_ray.stages.generate import BUILTIN_SELECTORS, generate_round
 from mitune_ray.stages.train import train_adapter
@@ -169,7 +170,7 @@ class Recipe:
     def check_evaluation_guidance(self) -> None:
         """Every evaluation committed at the run's guidance was made at the one configured now
         (`eval.guidance`, else `generate.guidance`): a gain is a difference of two of them."""
-        want = generation_settings(self.cfg.generate, self.cfg.eval).guidance
+        want = evaluation_guidance(self.cfg.generate, self.cfg.eval)
         for r in range(self.cfg.run.rounds + 1):
             version = layout.version_dir(r)
             entry = self.manifest.stage(layout.evaluate_stage(version))
@@ -386,7 +387,7 @@ class Recipe:
     def evaluate_plan(self, r: int, guidance: float | None = None) -> str:
         prompts = len(self.eval_prompts().categories)
         base = self.manifest.stage(layout.evaluate_stage(layout.BASE_VERSION, guidance)) is None
-        at = generation_settings(self.cfg.generate, self.cfg.eval, guidance).guidance
+        at = evaluation_guidance(self.cfg.generate, self.cfg.eval, guidance)
         return (f"{'the base model and ' if base else ''}the model after round {r} on {prompts} "
                 f"evaluation prompts x {self.cfg.eval.candidates} candidates at guidance {at:g}: "
                 f"{', '.join(self.cfg.eval.metrics)}")

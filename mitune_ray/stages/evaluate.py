@@ -96,16 +96,22 @@ class EvalPrompts:
         return cls(store, list(shards), categories, frozenset(every - set(categories)))
 
 
+def evaluation_guidance(gen: GenerateSection, ev: EvalSection,
+                        guidance: float | None = None) -> float:
+    """The guidance of evaluation images: `guidance` (`mitune eval --guidance`), else the run's
+    evaluation guidance, `eval.guidance`, else `generate.guidance`."""
+    if guidance is not None:
+        return guidance
+    return gen.guidance if ev.guidance is None else ev.guidance
+
+
 def generation_settings(gen: GenerateSection, ev: EvalSection,
                         guidance: float | None = None) -> GenerateSection:
     """The generation stage's settings for evaluation images: `eval.candidates` per prompt, all
-    kept, nothing pruned or judged, at the run's evaluation guidance (`eval.guidance`, else
-    `generate.guidance`) or at `guidance`."""
-    if guidance is None:
-        guidance = gen.guidance if ev.guidance is None else ev.guidance
+    kept, nothing pruned or judged, at `evaluation_guidance`."""
     return gen.model_copy(update={"candidates": ev.candidates, "keep": ev.candidates,
                                   "gallery_prompts": 0, "select_by": "mi", "pool_metric": "none",
-                                  "guidance": guidance,
+                                  "guidance": evaluation_guidance(gen, ev, guidance),
                                   "prune": gen.prune.model_copy(update={"enabled": False})})
 
 
