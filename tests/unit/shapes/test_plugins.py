@@ -52,7 +52,10 @@ def _generate(shapes_model, select_by: str, seed: int = 0):
 
 def test_every_arm_selects_from_the_same_candidates_and_a_seed_changes_them(shapes_model):
     """Candidate seeds come from (generate.seed, prompt id, round, index), never from the
-    selector: the arms of one bench replicate choose among identical round-1 candidates."""
+    selector: the arms of one bench replicate choose among identical round-1 candidates. The
+    latents are bit-identical (the same MI); their images agree to one grey level, since each arm
+    decodes its kept candidate first, in another VAE batch, and some CPUs' convolutions round
+    differently per batch size."""
     runs = {arm: _generate(shapes_model, arm) for arm in ARMS}
     reference = runs["mi"]
     for arm, results in runs.items():
@@ -60,12 +63,17 @@ def test_every_arm_selects_from_the_same_candidates_and_a_seed_changes_them(shap
             assert res.mi == ref.mi, arm  # the same candidates, the same scores
             assert res.pool == ref.pool, arm  # the checker's verdict on every candidate
             for (index, image), (ref_index, ref_image) in zip(res.gallery, ref.gallery):
-                assert index == ref_index and np.array_equal(image, ref_image), arm
+                assert index == ref_index and _grey_levels(image, ref_image) <= 1, arm
     for p in range(2):
         pool = runs["mi"][p].pool  # checker_scores of every candidate: all correct + fraction
         assert pool[runs["checker"][p].selected[0].index] == max(pool)
         assert pool[runs["anti"][p].selected[0].index] == min(pool)
         assert runs["mi"][p].selected[0].index == int(np.argmax(runs["mi"][p].mi))
     other = _generate(shapes_model, "mi", seed=1)  # another replicate: other candidates
-    assert all(not np.array_equal(a[1], b[1]) for res, ref in zip(other, reference)
+    assert all(_grey_levels(a[1], b[1]) > 32 for res, ref in zip(other, reference)
                for a, b in zip(res.gallery, ref.gallery))
+
+
+def _grey_levels(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference of two uint8 images in any pixel and channel."""
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
