@@ -122,8 +122,8 @@ class CandidateSampler:
                 self.scheduler.sigmas.tolist(), sigma_min=mi.sigma_min, reduction=mi.reduction)
             guidance = gen.guidance if mi.velocity == "guided" else None
             self.term = lambda c, u: velocity_term(c, u, guidance=guidance)
-        self.prune_step = (prune_step(gen.prune.at, len(self.timesteps))
-                           if gen.prune.enabled and gen.prune.keep < 1.0 else None)
+        self.prune_index = (prune_step(gen.prune.at, len(self.timesteps))
+                            if gen.prune.enabled and gen.prune.keep < 1.0 else None)
 
     def _make_scheduler(self):
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -192,7 +192,7 @@ class CandidateSampler:
         alive = torch.arange(batch)
         self._set_timesteps()  # resets the flow scheduler's step index
         for i, t in enumerate(self.timesteps):
-            if i == self.prune_step:
+            if i == self.prune_index:
                 keep = self._prune(acc.mi, segments or [batch])
                 latents, alive, gens = latents[keep], alive[keep], [gens[j] for j in keep.tolist()]
                 self._keep_solver_state(keep.to(self.device))

@@ -48,7 +48,7 @@ def compare(pipe, fam, texts: list[str], gen: GenerateSection, device, dtype, *,
         runs[name] = (sampler.generate(prompts, 1, decode=False), now() - t0, sampler)
     (full, full_s, full_sampler), (pruned, pruned_s, pruned_sampler) = runs["full"], runs["pruned"]
     steps = len(full_sampler.timesteps)
-    cut = pruned_sampler.prune_step if pruned_sampler.prune_step is not None else steps
+    cut = pruned_sampler.prune_index if pruned_sampler.prune_index is not None else steps
     agree, recall, taus, regrets = [], [], [], []
     full_rows = pruned_rows = 0
     for f, p in zip(full, pruned):
