@@ -25,6 +25,7 @@
     mitune shapes bench control_guidance=5   # every version evaluated at 5 too
     mitune shapes bench --skip-agreement --rounds 1 --replicates 8   # a series (docs/shapes.md)
     mitune shapes bench --power runs/shapes-bench/shapes-bench.json  # replicates a series needs
+    mitune shapes bench ... --resume-from research/shapes/results/X.json  # continue a kept series
     mitune shapes bench --quick         # the machinery only (CI), a few minutes
 """
 
@@ -415,10 +416,12 @@ def shared_base(entry: dict) -> bool:
 
 
 def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=print,
-                  arms: tuple[str, ...] = ARMS, replicates: int = 1, save=None) -> dict:
+                  arms: tuple[str, ...] = ARMS, replicates: int = 1, save=None,
+                  earlier: dict | None = None) -> dict:
     """Part 2: every arm of every replicate (`run_arm`), replicate by replicate, then the paired
     statistics over the series (`series_statistics`); `save(series)` after each run, so an
-    interrupted series keeps what it finished."""
+    interrupted series keeps what it finished. An arm that the `earlier` series (a results
+    file's, `resumable_series`) finished is taken from it instead of run."""
     from mitune_ray.stages.evaluate import check_guidance
 
     tuned_beyond_reserve = scale.tune_split == "tune" and scale.train_prompts > TUNE_RESERVE
@@ -434,8 +437,15 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
         entry = series["replicates"][str(k)] = {"seeds": replicate_seeds(k),
                                                 "folder": replicate_dir(k), "arms": {}}
         for arm in arms:
-            entry["arms"][arm] = run_arm(model_path, root, arm, k, scale, quick, log)
+            done = _finished_arm(earlier, k, arm, scale)
+            if done is not None:
+                log(f"[mitune] replicate {k}, select by {arm}: finished in the results file "
+                    "(--resume-from), read from it")
+            entry["arms"][arm] = done or run_arm(model_path, root, arm, k, scale, quick, log)
             entry["shared_base"] = shared_base(entry)
+            if not entry["shared_base"]:
+                log(f"[mitune] replicate {k}: the arms' base-model evaluations differ (other "
+                    "images or prompts); their contrasts are not paired")
             series["statistics"] = series_statistics(series, scale)
             if save is not None:
                 save(series)
@@ -446,6 +456,20 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
     for line in power_lines(series["power"]):
         log(line)
     return series
+
+
+def _finished_arm(earlier: dict | None, replicate: int, arm: str, scale: Scale) -> dict | None:
+    """The arm's results in an earlier series, when it finished every round there (and every
+    round at the control guidance, when set) with this replicate's seeds; None otherwise."""
+    entry = (earlier or {}).get("replicates", {}).get(str(replicate), {})
+    data = entry.get("arms", {}).get(arm)
+    if data is None or entry.get("seeds") != replicate_seeds(replicate):
+        return None
+    rounds = [str(r) for r in range(1, scale.rounds + 1)]
+    keys = ["per_prompt"] + (["per_prompt_control"] if scale.control_guidance else [])
+    if not all(r in data.get(key, {}) for key in keys for r in rounds):
+        return None
+    return dict(data, finished_earlier=True)
 
 
 def svg_plot(result: dict) -> str:
@@ -516,13 +540,44 @@ def scale_changes(items: list[str]) -> dict:
     return out
 
 
-def print_power(path: str) -> int:
-    """`--power PILOT.json`: the replicates x prompts a series needs, from a bench's results."""
+def read_results(flag: str, path: str) -> dict:
+    """A bench's results file, named by `flag` (`--power`, `--resume-from`), as a dict."""
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MituneError(f"--power {path}: cannot read it as JSON ({type(exc).__name__}); pass "
+        raise MituneError(f"{flag} {path}: cannot read it as JSON ({type(exc).__name__}); pass "
                           "the shapes-bench.json a bench wrote") from None
+    if not isinstance(result, dict):
+        raise MituneError(f"{flag} {path}: not a bench's results (a JSON object); pass the "
+                          "shapes-bench.json a bench wrote")
+    return result
+
+
+def resumable_series(path: str, model: str, scale: Scale) -> dict:
+    """`--resume-from RESULTS_JSON`: the series a results file holds (its `mitune` part), checked
+    to come from the same model and workload settings, so its finished arms stand in for runs
+    this `--out` lacks (a series kept in the repository continues on a fresh checkout). A field
+    the file lacks was added later: its runs used that field's default."""
+    result = read_results("--resume-from", path)
+    series = result.get("mitune")
+    if not isinstance(series, dict) or not isinstance(series.get("replicates"), dict):
+        raise MituneError(f"--resume-from {path}: it holds no MI-TUNE series (mitune.replicates); "
+                          "pass the results of a bench that ran arms")
+    if result.get("model") != model:
+        raise MituneError(f"--resume-from {path}: its runs tuned model {result.get('model')!r}, "
+                          f"this bench {model!r}; pass the same --model or another results file")
+    theirs = asdict(Scale()) | result.get("scale", {})
+    differ = [f"{k}={theirs.get(k)!r} (here {v!r})" for k, v in asdict(scale).items()
+              if theirs.get(k) != v]
+    if differ:
+        raise MituneError(f"--resume-from {path}: its runs used other workload settings: "
+                          f"{', '.join(differ)}; run with its settings or without --resume-from")
+    return series
+
+
+def print_power(path: str) -> int:
+    """`--power PILOT.json`: the replicates x prompts a series needs, from a bench's results."""
+    result = read_results("--power", path)
     try:
         lines = power_lines(power_analysis(pilot_rates(result)))
     except MituneError as exc:
@@ -560,6 +615,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--power", metavar="RESULTS_JSON", default=None,
                         help="print the replicates x prompts a series needs for the target "
                              "contrasts, from a bench's results (a pilot), and run nothing")
+    parser.add_argument("--resume-from", metavar="RESULTS_JSON", default=None,
+                        help="a series' results file (e.g. one kept in research/): the arms it "
+                             "finished are read from it, not rerun; the others run in --out "
+                             "(the same model and workload settings, checked)")
     parser.add_argument("--tune-split", choices=("tune", "train"), default="tune",
                         help="prompts tuned on: held-out combinations disjoint from the "
                              "evaluation prompts (default), or the base model's training split")
@@ -581,6 +640,8 @@ def main(argv: list[str]) -> int:
         {"rounds": args.rounds} if args.rounds else {})
     # FIELD=VALUE comes last: `mi=paper` must not be undone by --mi's default.
     scale = Scale(**(asdict(scale) | flags | scale_changes(args.scale + args.changes)))
+    earlier = (resumable_series(args.resume_from, args.model, scale)
+               if args.resume_from and not args.skip_mitune else None)
     torch.manual_seed(0)
     result: dict = {"model": args.model, "scale": asdict(scale), "date": time.strftime("%Y-%m-%d")}
     store = Store(args.out)
@@ -589,7 +650,8 @@ def main(argv: list[str]) -> int:
     if not args.skip_mitune:
         result["mitune"] = mitune_series(
             args.model, args.out, scale, args.quick, arms=arms, replicates=args.replicates,
-            save=lambda series: store.write_json(RESULTS, result | {"mitune": series}))
+            save=lambda series: store.write_json(RESULTS, result | {"mitune": series}),
+            earlier=earlier)
     store.write_json(RESULTS, result)
     if "mitune" in result:
         store.write_bytes("shapes-bench.svg", svg_plot(result).encode())

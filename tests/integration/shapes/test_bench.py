@@ -275,3 +275,16 @@ def test_a_series_of_replicates_shares_pools_reports_contrasts_and_resumes(tmp_p
             assert (again["replicates"][rep]["arms"][arm]["per_prompt"]
                     == series["replicates"][rep]["arms"][arm]["per_prompt"])
     assert log.read_text().count("finished earlier, read back") == 4
+
+    # The results file alone (a series kept in the repository, its runs gone): a fresh --out
+    # continues the series from it, and nothing runs again.
+    kept = tmp_path / "kept.json"
+    kept.write_text((out / "shapes-bench.json").read_text())
+    elsewhere = tmp_path / "elsewhere"
+    resumed = [*args[:args.index("--out")], "--out", str(elsewhere), "control_guidance=0",
+               "--resume-from", str(kept)]
+    assert run_cli(resumed, cwd=tmp_path, log=log) == 0, dump(log)
+    assert log.read_text().count("finished in the results file (--resume-from)") == 4
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["shapes-bench.json", "shapes-bench.svg"]
+    continued = json.loads((elsewhere / "shapes-bench.json").read_text())["mitune"]
+    assert continued["statistics"] == series["statistics"]
