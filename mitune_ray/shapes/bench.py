@@ -553,11 +553,17 @@ def read_results(flag: str, path: str) -> dict:
     return result
 
 
+# Workload settings added after benches began to run replicate series, and the value a series
+# written before ran with: candidates at the bench's guidance, evaluation on held-out prompts.
+ADDED_SINCE_SERIES = {"candidate_guidance": 0.0, "eval_split": "eval"}
+
+
 def resumable_series(path: str, model: str, scale: Scale) -> dict:
     """`--resume-from RESULTS_JSON`: the series a results file holds (its `mitune` part), checked
     to come from the same model and workload settings, so its finished arms stand in for runs
-    this `--out` lacks (a series kept in the repository continues on a fresh checkout). A field
-    the file lacks was added later: its runs used that field's default."""
+    this `--out` lacks (a series kept in the repository continues on a fresh checkout). Of the
+    fields added since benches ran series, a file without one ran with `ADDED_SINCE_SERIES`'s
+    value; a file without another is too old to check."""
     result = read_results("--resume-from", path)
     series = result.get("mitune")
     if not isinstance(series, dict) or not isinstance(series.get("replicates"), dict):
@@ -566,7 +572,12 @@ def resumable_series(path: str, model: str, scale: Scale) -> dict:
     if result.get("model") != model:
         raise MituneError(f"--resume-from {path}: its runs tuned model {result.get('model')!r}, "
                           f"this bench {model!r}; pass the same --model or another results file")
-    theirs = asdict(Scale()) | result.get("scale", {})
+    theirs = ADDED_SINCE_SERIES | result.get("scale", {})
+    unknown = sorted(set(asdict(scale)) - set(theirs))
+    if unknown:
+        raise MituneError(f"--resume-from {path}: written by an earlier bench, without the "
+                          f"settings {', '.join(unknown)}; its runs cannot be checked against "
+                          "these, so rerun them (without --resume-from)")
     differ = [f"{k}={theirs.get(k)!r} (here {v!r})" for k, v in asdict(scale).items()
               if theirs.get(k) != v]
     if differ:

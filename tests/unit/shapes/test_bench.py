@@ -90,6 +90,21 @@ def test_a_file_of_other_settings_is_refused_in_one_line(tmp_path, changes, word
     assert words in message and "\n" not in message
 
 
+def test_a_file_without_a_setting_added_later_ran_with_its_old_value(tmp_path):
+    kept = json.loads(open(_results(tmp_path, Scale())).read())
+    del kept["scale"]["eval_split"]  # series written before eval_split: held-out prompts
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(kept))
+    assert resumable_series(str(path), "bundled:shapes", Scale())["arms"] == ["checker", "random"]
+    with pytest.raises(MituneError, match="eval_split='eval' \\(here 'val'\\)"):
+        resumable_series(str(path), "bundled:shapes", Scale(eval_split="val"))
+    del kept["scale"]["min_timestep"]  # older than any series: nothing to check it against
+    path.write_text(json.dumps(kept))
+    with pytest.raises(MituneError, match="written by an earlier bench, without the settings "
+                                          "min_timestep; .* rerun them"):
+        resumable_series(str(path), "bundled:shapes", Scale())
+
+
 def test_another_model_a_bad_file_or_no_series_is_refused(tmp_path):
     path = _results(tmp_path, Scale())
     with pytest.raises(MituneError, match="its runs tuned model 'bundled:shapes', this bench "
