@@ -65,7 +65,7 @@ def test_quick_bench_runs_agreement_and_the_mi_arm_through_the_whole_loop(tmp_pa
     for version in ("eval-base", "round-001"):
         assert (run / version / "eval" / "scores.parquet").exists()
         assert json.loads((run / version / "eval" / "metrics.json").read_text())["guidance"] == \
-            result["scale"]["guidance"] == 7.5
+            result["scale"]["guidance"] == 5.0
     # Every version again at the control guidance, same prompts and seeds, other images.
     control = gain["control"]
     assert control["guidance"] == 2.0 and control["prompts"] == gain["prompts"]
@@ -107,7 +107,8 @@ def test_the_arms_of_a_replicate_differ_only_in_selection_and_replicates_in_seed
 
 def test_scale_changes_reach_thearm_config(tmp_path):
     scale = Scale(**(asdict(Scale()) | scale_changes(
-        ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "loss_weight_cap=100",
+        ["train_prompts=96", "keep=3", "lr=5e-4", "guidance=3", "candidate_guidance=0",
+         "loss_weight_cap=100",
          "min_timestep=500", "chaining=continue", "accumulate=true"])))
     cfg = arm_config(str(tmp_path), "random", "bundled:shapes", scale, quick=False)
     assert cfg.prompts.train == ["shapes:tune:96"]
@@ -115,16 +116,19 @@ def test_scale_changes_reach_thearm_config(tmp_path):
     assert cfg.generate.guidance == cfg.eval.guidance == 3.0
     low = arm_config(str(tmp_path), "random", "bundled:shapes",
                      Scale(**(asdict(Scale()) | scale_changes(["candidate_guidance=2"]))),
-                     quick=False)  # candidates at 2, every version judged at the bench's 7.5
-    assert (low.generate.guidance, low.eval.guidance) == (2.0, 7.5)
+                     quick=False)  # candidates at 2, every version judged at the bench's 5
+    assert (low.generate.guidance, low.eval.guidance) == (2.0, 5.0)
     assert (cfg.train.loss_weight_cap, cfg.train.min_timestep) == (100.0, 500)
     assert (cfg.run.chaining, cfg.run.accumulate) == ("continue", True)
     assert scale_changes(["accumulate=False"]) == {"accumulate": False}
-    # The defaults: the recipe that moved the oracle and MI-TUNE on the shipped model.
+    # The defaults: the held-out series' recipe, fixed on validation prompts (docs/shapes.md):
+    # every timestep, candidates at the paper's 7.5, every version judged at 5, 200 x 8 images.
     default = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False)
     assert (default.run.chaining, default.run.accumulate) == ("fresh", True)
-    assert (default.train.loss_weight_cap, default.train.min_timestep) == (100.0, 700)
-    assert (default.train.steps, default.train.lr, default.generate.guidance) == (600, 2e-4, 7.5)
+    assert (default.train.loss_weight_cap, default.train.min_timestep) == (100.0, 0)
+    assert (default.train.steps, default.train.lr) == (600, 2e-4)
+    assert (default.generate.guidance, default.eval.guidance) == (7.5, 5.0)
+    assert (default.prompts.eval, default.eval.candidates) == (["shapes:eval:200"], 8)
     assert scale_changes(["min_timestep=0", "control_guidance=0", "candidate_guidance=0"]) == {
         "min_timestep": 0, "control_guidance": 0.0,
         "candidate_guidance": 0.0}  # 0: all timesteps; no control; candidates at `guidance`
@@ -180,14 +184,14 @@ def test_series_statistics_and_plot_from_per_prompt_rates():
                           "checker": arm(base, [1.0, 0.5, 1.0, 1.0]),
                           "anti": arm(base, [0.0, 0.0, 0.5, 0.5])}}
     series = {"arms": list(ARMS), "replicates": {"1": replicate, "2": replicate}}
-    scale = Scale(rounds=1, control_guidance=5.0)
+    scale = Scale(rounds=1, control_guidance=7.5)
     stats = series_statistics(series, scale)
     primary = stats["primary_endpoint"]
-    assert primary["endpoint"] == "held-out fully-correct rate after round 1 at guidance 7.5"
+    assert primary["endpoint"] == "held-out fully-correct rate after round 1 at guidance 5"
     assert primary["efficiency"]["efficiency"] == pytest.approx(0.125 / 0.375)  # 0.625, 0.5, 0.875
     assert primary["contrasts"]["checker-anti"]["diff"] == pytest.approx(0.625)
     assert primary["contrasts"]["mi-random"]["per_replicate"]["2"]["diff"] == pytest.approx(0.125)
-    assert stats["control"]["guidance"] == 5.0
+    assert stats["control"]["guidance"] == 7.5
     assert stats["control"]["rounds"]["1"]["efficiency"]["efficiency"] == pytest.approx(1 / 3)
     assert shared_base(replicate)
     svg = svg_plot({"mitune": series})

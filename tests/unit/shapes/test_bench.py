@@ -20,7 +20,6 @@ def _arm(rate: float) -> dict:
 
 def _results(tmp_path, scale: Scale, **changes) -> str:
     stored = asdict(scale)
-    stored.pop("candidate_guidance")  # a file written before the field existed: its default
     series = {"arms": ["checker", "random"], "replicates": {
         "1": {"seeds": {"generate": 0, "train": 0}, "arms": {"checker": _arm(1.0),
                                                             "random": _arm(0.5)}},
@@ -80,7 +79,7 @@ def test_an_arm_without_every_round_or_with_other_seeds_is_not_taken():
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"keep": 1}, "keep=1 (here 2)"), ({"guidance": 5.0}, "guidance=5.0 (here 7.5)")])
+    ({"keep": 1}, "keep=1 (here 2)"), ({"guidance": 7.5}, "guidance=7.5 (here 5.0)")])
 def test_a_file_of_other_settings_is_refused_in_one_line(tmp_path, changes, words):
     path = _results(tmp_path, Scale(), **changes)
     with pytest.raises(MituneError) as err:
@@ -91,18 +90,19 @@ def test_a_file_of_other_settings_is_refused_in_one_line(tmp_path, changes, word
 
 
 def test_a_file_without_a_setting_added_later_ran_with_its_old_value(tmp_path):
-    kept = json.loads(open(_results(tmp_path, Scale())).read())
-    del kept["scale"]["eval_split"]  # series written before eval_split: held-out prompts
+    scale = Scale(candidate_guidance=0.0, eval_split="eval")  # what series ran before the fields
+    kept = json.loads(open(_results(tmp_path, scale)).read())
+    del kept["scale"]["eval_split"], kept["scale"]["candidate_guidance"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(kept))
-    assert resumable_series(str(path), "bundled:shapes", Scale())["arms"] == ["checker", "random"]
-    with pytest.raises(MituneError, match="eval_split='eval' \\(here 'val'\\)"):
-        resumable_series(str(path), "bundled:shapes", Scale(eval_split="val"))
+    assert resumable_series(str(path), "bundled:shapes", scale)["arms"] == ["checker", "random"]
+    with pytest.raises(MituneError, match="candidate_guidance=0.0 \\(here 7.5\\)"):
+        resumable_series(str(path), "bundled:shapes", Scale(eval_split="eval"))
     del kept["scale"]["min_timestep"]  # older than any series: nothing to check it against
     path.write_text(json.dumps(kept))
     with pytest.raises(MituneError, match="written by an earlier bench, without the settings "
                                           "min_timestep; .* rerun them"):
-        resumable_series(str(path), "bundled:shapes", Scale())
+        resumable_series(str(path), "bundled:shapes", scale)
 
 
 def test_another_model_a_bad_file_or_no_series_is_refused(tmp_path):
