@@ -84,11 +84,18 @@ class Variant:
     # "median", "rank" (each draw ranks the candidates; ranks averaged), "zscore" (each draw's
     # values standardised across the prompt's candidates, then averaged).
     aggregate: str = "mean"
+    # > 0: minus this many within-prompt z-scores of the paper's trajectory form (the squared
+    # slope of the noisy classifier, largest where an image is ambiguous or contradicts the
+    # prompt), added to the within-prompt z-scores of the draws' mean: point-wise MI, tempered by
+    # how unstable the prompt's pull on the image was while it was sampled.
+    trajectory_weight: float = 0.0
 
     @property
     def name(self) -> str:
         weight = ("" if self.kappa else ", unweighted") + (
-            "" if self.aggregate == "mean" else f", {self.aggregate} over draws")
+            "" if self.aggregate == "mean" else f", {self.aggregate} over draws") + (
+            f", minus {self.trajectory_weight:g} x the trajectory form (z-scores)"
+            if self.trajectory_weight else "")
         if (self.t_low, self.t_high) == (50, 999):
             return f"{self.form} K={self.draws}{weight}"
         return f"{self.form}, those of K={self.draws} in t {self.t_low}..{self.t_high}{weight}"
@@ -103,10 +110,12 @@ def variants(draws: int) -> list[Variant]:
     out += [Variant("standard", draws, low, 999) for low in (300, 500)]
     out += [Variant("standard", min(16, draws), kappa=False)]
     out += [Variant("standard", draws, aggregate=a) for a in ("median", "rank", "zscore")]
+    out += [Variant("standard", draws, trajectory_weight=w) for w in (0.5, 1.0, 2.0)]
     return out
 
 
 TRAJECTORY = "paper form along the trajectory, t>50"
+REVERSED_TRAJECTORY = "paper form along the trajectory, t>50, lowest kept"
 
 
 def _short(values: torch.Tensor) -> list:
@@ -192,7 +201,16 @@ def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
     if variant.aggregate == "zscore":
         spread = values.std(1, keepdims=True)
         return ((values - values.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1)).mean(0)
+    if variant.trajectory_weight:
+        return _zscore(values.mean(0)) - variant.trajectory_weight * _zscore(record["trajectory"])
     return values.mean(0)
+
+
+def _zscore(values) -> np.ndarray:
+    """Values standardised across one prompt's candidates (all 0 when they do not differ)."""
+    values = np.asarray(values, dtype=float)
+    spread = values.std()
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
 
 
 def efficiency_ratio(means) -> float:
@@ -224,12 +242,12 @@ def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict
 def summarize(records: list[dict], draws: int) -> dict:
     """Per variant: the efficiency, its interval, and every prompt's kept verdict."""
     out = {}
-    named = {TRAJECTORY: None} | {v.name: v for v in variants(draws)}
+    named = {TRAJECTORY: 1.0, REVERSED_TRAJECTORY: -1.0} | {v.name: v for v in variants(draws)}
     for name, variant in named.items():
         rows, per_prompt = [], {}
         for rec in records:
             correct = np.array(rec["correct"])
-            scores = (np.array(rec["trajectory"]) if variant is None
+            scores = (variant * np.array(rec["trajectory"]) if isinstance(variant, float)
                       else variant_scores(rec, variant))
             if scores is None:
                 continue

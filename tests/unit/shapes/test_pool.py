@@ -10,8 +10,8 @@ import pytest
 
 from mitune_ray.errors import MituneError
 from mitune_ray.shapes.pool import (
-    TRAJECTORY, PoolScale, Variant, check_work, efficiency, main, summarize, variant_scores,
-    variants,
+    REVERSED_TRAJECTORY, TRAJECTORY, PoolScale, Variant, check_work, efficiency, main, summarize,
+    variant_scores, variants,
 )
 from mitune_ray.storage import Store
 
@@ -67,7 +67,20 @@ def test_summary_keeps_every_prompt_and_scores_each_selector():
     assert out["standard K=1"]["efficiency"] == pytest.approx(1.0)
     assert out["orthogonal K=1"]["efficiency"] == pytest.approx(-1.0)
     assert out[TRAJECTORY]["kept_by_prompt"] == {"a": 0.0, "b": 0.0, "c": 0.0}
+    assert out[REVERSED_TRAJECTORY]["kept_by_prompt"] == {"a": 1.0, "b": 1.0, "c": 0.0}
     assert out["standard K=1"]["kept_by_prompt"] == {"a": 1.0, "b": 1.0, "c": 0.0}
+
+
+def test_the_trajectory_form_tempers_the_point_wise_form_by_within_prompt_z_scores():
+    """Candidate 0 has the higher point-wise MI by a little (z +1 vs -1), candidate 1 the lower
+    trajectory form by much (z -1 vs +1): weight 0.5 keeps 0 (1 - 0.5 > -1 + 0.5), 2 keeps 1."""
+    rec = _record("a", [0, 1], [5.0, 1.0], [100], [[2.0, 1.9]], [[0, 0]])
+    mild, strong = (Variant("standard", 1, trajectory_weight=w) for w in (0.5, 2.0))
+    assert variant_scores(rec, mild) == pytest.approx([0.5, -0.5])
+    assert variant_scores(rec, strong) == pytest.approx([-1.0, 1.0])
+    assert mild.name == "standard K=1, minus 0.5 x the trajectory form (z-scores)"
+    flat = _record("b", [0, 1], [3.0, 3.0], [100], [[2.0, 2.0]], [[0, 0]])  # nothing differs
+    assert variant_scores(flat, strong) == pytest.approx([0.0, 0.0])
 
 
 def test_quick_run_resumes_and_reports_every_variant(tmp_path, capsys):
