@@ -443,7 +443,7 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
         entry = series["replicates"][str(k)] = {"seeds": replicate_seeds(k),
                                                 "folder": replicate_dir(k), "arms": {}}
         for arm in arms:
-            done = _finished_arm(earlier, k, arm, scale)
+            done = arm_from_results(earlier, k, arm, scale)
             if done is not None:
                 log(f"[mitune] replicate {k}, select by {arm}: finished in the results file "
                     "(--resume-from), read from it")
@@ -464,7 +464,7 @@ def mitune_series(model_path: str, root: str, scale: Scale, quick: bool, log=pri
     return series
 
 
-def _finished_arm(earlier: dict | None, replicate: int, arm: str, scale: Scale) -> dict | None:
+def arm_from_results(earlier: dict | None, replicate: int, arm: str, scale: Scale) -> dict | None:
     """The arm's results in an earlier series, when it finished every round there (and every
     round at the control guidance, when set) with this replicate's seeds; None otherwise."""
     entry = (earlier or {}).get("replicates", {}).get(str(replicate), {})

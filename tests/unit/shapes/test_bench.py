@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.shapes.bench import Scale, mitune_series, resumable_series
+from mitune_ray.shapes.bench import Scale, arm_from_results, mitune_series, resumable_series
 
 
 def _arm(rate: float) -> dict:
@@ -62,20 +62,18 @@ def test_finished_arms_come_from_the_file_and_only_the_others_run(tmp_path, monk
 
 
 def test_an_arm_without_every_round_or_with_other_seeds_is_not_taken():
-    from mitune_ray.shapes.bench import _finished_arm
-
     earlier = {"replicates": {"1": {"seeds": {"generate": 0, "train": 0},
                                     "arms": {"mi": _arm(0.5)}},
                               "2": {"seeds": {"generate": 5, "train": 5},
                                     "arms": {"mi": _arm(0.5)}}}}
-    assert _finished_arm(earlier, 1, "mi", Scale(rounds=1))["finished_earlier"]
-    assert _finished_arm(earlier, 1, "mi", Scale(rounds=2)) is None  # round 2 not run there
-    assert _finished_arm(earlier, 2, "mi", Scale(rounds=1)) is None  # not replicate 2's seeds
-    assert _finished_arm(earlier, 1, "anti", Scale(rounds=1)) is None
+    assert arm_from_results(earlier, 1, "mi", Scale(rounds=1))["finished_earlier"]
+    assert arm_from_results(earlier, 1, "mi", Scale(rounds=2)) is None  # round 2 not run there
+    assert arm_from_results(earlier, 2, "mi", Scale(rounds=1)) is None  # not replicate 2's seeds
+    assert arm_from_results(earlier, 1, "anti", Scale(rounds=1)) is None
     no_control = {"replicates": {"1": {"seeds": {"generate": 0, "train": 0}, "arms": {
         "mi": {"per_prompt": {"1": {}}}}}}}
-    assert _finished_arm(no_control, 1, "mi", Scale(rounds=1, control_guidance=5.0)) is None
-    assert _finished_arm(None, 1, "mi", Scale(rounds=1)) is None
+    assert arm_from_results(no_control, 1, "mi", Scale(rounds=1, control_guidance=5.0)) is None
+    assert arm_from_results(None, 1, "mi", Scale(rounds=1)) is None
 
 
 @pytest.mark.parametrize("changes, words", [
