@@ -43,6 +43,14 @@ def candidate_seed(base_seed: int, prompt_id: str, round_index: int, candidate: 
     return derive_seed("candidate", base_seed, prompt_id, round_index, candidate)
 
 
+def random_scores(base_seed: int, prompt_id: str, round_index: int, n: int) -> torch.Tensor:
+    """`generate.select_by=random`: a prompt's n candidates' scores, uniform and fixed by the
+    seed, the prompt and the round (so a random arm's picks can be recomputed)."""
+    g = torch.Generator().manual_seed(derive_seed("random-select", base_seed, prompt_id,
+                                                  round_index))
+    return torch.rand(n, generator=g).double()
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt_id: str
@@ -369,9 +377,8 @@ class CandidateSampler:
         if self.gen.select_by == "mi":
             return mi_row
         if self.gen.select_by == "random":
-            g = torch.Generator().manual_seed(
-                derive_seed("random-select", self.gen.seed, prompt.prompt_id, round_index))
-            return torch.where(mi_row.isnan(), mi_row, torch.rand(len(mi_row), generator=g).double())
+            draw = random_scores(self.gen.seed, prompt.prompt_id, round_index, len(mi_row))
+            return torch.where(mi_row.isnan(), mi_row, draw)
         cols = sorted(c for q, c in finals if q == p)
         images = self._decode([(p, c) for c in cols], finals, decoded)
         scores = torch.full_like(mi_row, float("nan"), dtype=torch.float64)
