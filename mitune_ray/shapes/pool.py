@@ -27,6 +27,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -199,18 +200,18 @@ def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
     if variant.aggregate == "rank":
         return np.argsort(np.argsort(values, 1, kind="stable"), 1).mean(0)
     if variant.aggregate == "zscore":
-        spread = values.std(1, keepdims=True)
-        return ((values - values.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1)).mean(0)
+        return _zscore(values).mean(0)
     if variant.trajectory_weight:
         return _zscore(values.mean(0)) - variant.trajectory_weight * _zscore(record["trajectory"])
     return values.mean(0)
 
 
 def _zscore(values) -> np.ndarray:
-    """Values standardised across one prompt's candidates (all 0 when they do not differ)."""
+    """Values standardised across one prompt's candidates, the last axis (0 where they do not
+    differ)."""
     values = np.asarray(values, dtype=float)
-    spread = values.std()
-    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+    spread = values.std(-1, keepdims=True)
+    return (values - values.mean(-1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
 def efficiency_ratio(means) -> float:
@@ -242,13 +243,14 @@ def efficiency(rows: list[tuple[float, float, float]], *, seed: int = 0) -> dict
 def summarize(records: list[dict], draws: int) -> dict:
     """Per variant: the efficiency, its interval, and every prompt's kept verdict."""
     out = {}
-    named = {TRAJECTORY: 1.0, REVERSED_TRAJECTORY: -1.0} | {v.name: v for v in variants(draws)}
-    for name, variant in named.items():
+    scorers = {TRAJECTORY: lambda rec: np.array(rec["trajectory"]),
+               REVERSED_TRAJECTORY: lambda rec: -np.array(rec["trajectory"])} | {
+        v.name: partial(variant_scores, variant=v) for v in variants(draws)}
+    for name, scorer in scorers.items():
         rows, per_prompt = [], {}
         for rec in records:
             correct = np.array(rec["correct"])
-            scores = (variant * np.array(rec["trajectory"]) if isinstance(variant, float)
-                      else variant_scores(rec, variant))
+            scores = scorer(rec)
             if scores is None:
                 continue
             kept = float(correct[int(np.argmax(scores))])

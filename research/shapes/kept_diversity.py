@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from mitune_ray.families import decode_latents
 from mitune_ray.imaging import to_uint8
+from mitune_ray.metrics.agreement import bootstrap_mean_interval
 from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.sampling import random_scores
 from mitune_ray.select import top_k
@@ -75,12 +76,6 @@ def cached_latents(root: Path, mi: dict[str, list[float]]) -> dict[str, torch.Te
     return out
 
 
-def bootstrap(diff: np.ndarray, *, n_boot: int = 5000, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_boot)]
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def measure(root: Path, replicate: int) -> dict:
     runs = sorted(p for p in (root / replicate_dir(replicate)).iterdir()
                   if (p / "round-001" / "scores").exists())
@@ -108,7 +103,8 @@ def measure(root: Path, replicate: int) -> dict:
     arms = {name: {"mean_distance": float(v.mean())} for name, v in table.items()}
     for arm in ARMS:
         diff = table[arm] - table["random"]
-        arms[arm] |= {"minus_random": float(diff.mean()), "ci": bootstrap(diff)}
+        arms[arm] |= {"minus_random": float(diff.mean()),
+                      "ci": list(bootstrap_mean_interval(diff, n_boot=5000))}
     return {"replicate": replicate, "run_read": runs[0].name,
             "run_picks_recomputed": f"{matches} of {len(per_prompt)} prompts",
             "keep": config["keep"],
