@@ -31,7 +31,8 @@ from mitune_ray.storage import Store
 
 # GenerateSection fields that do not change a prompt's candidates or their MI: how they are
 # selected, judged and shown, and where the work runs.
-NOT_IN_KEY = ("keep", "select_by", "pool_metric", "gallery_prompts", "actors", "gpus_per_actor",
+NOT_IN_KEY = ("keep", "select_by", "filter_drop", "pool_metric", "gallery_prompts", "actors",
+              "gpus_per_actor",
               "cpus_per_actor", "candidate_cache")
 
 

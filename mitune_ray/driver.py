@@ -40,7 +40,7 @@ from mitune_ray.progress import Console, banner_line, silent_progress
 from mitune_ray.prompts import prepare_corpus, read_prompt_shard
 from mitune_ray.runtime import ensure_ray
 from mitune_ray.sampling import Prompt
-from mitune_ray.select import PoolCheck
+from mitune_ray.select import PoolCheck, selection_words
 from mitune_ray.stages.evaluate import (
     BUILTIN_METRICS, EvalPrompts, check_guidance, evaluation_guidance, generation_settings,
     score_version,
@@ -371,8 +371,7 @@ class Recipe:
         model = "the base model"
         if plan.generate_adapters:
             model = f"the model tuned by rounds 1-{r - 1}" if r > 2 else "round 1's model"
-        keep = (f"keep {gen.keep} at random" if gen.select_by == "random" else
-                f"keep the best {gen.keep} by {'MI' if gen.select_by == 'mi' else gen.select_by}")
+        keep = f"keep {selection_words(gen.select_by, gen.keep, gen.filter_drop)}"
         return (f"{prompts} training prompts x {gen.candidates} candidates from {model} "
                 f"({gen.steps} steps, guidance {gen.guidance:g}); {keep}")
 

@@ -22,6 +22,42 @@ def top_k(scores: torch.Tensor, k: int) -> list[int]:
     return [int(i) for i in order[:k]]
 
 
+def filtered_draw(mi: torch.Tensor, draw: torch.Tensor, *, drop: float, keep: int) -> torch.Tensor:
+    """`generate.select_by=mi_filter`: MI as a filter, not a picker. A prompt's random draw
+    (`draw`, one uniform score per candidate) with its lowest-MI finished candidates removed
+    (NaN): `drop` of them (rounded down), never so many that fewer than `keep` remain; NaN where
+    the MI is NaN (not finished). The kept ones are then the draw's top `keep` among the rest.
+
+    Example:
+        >>> filtered_draw(torch.tensor([3.0, 0.0, 2.0, 1.0]), torch.tensor([0.5, 0.9, 0.25, 0.75]),
+        ...               drop=0.5, keep=1).tolist()
+        [0.5, nan, 0.25, nan]
+    """
+    finished = int((~mi.isnan()).sum())
+    out = torch.where(mi.isnan(), torch.full_like(draw, float("nan"), dtype=torch.float64),
+                      draw.double())
+    n_drop = min(int(drop * finished), max(finished - keep, 0))
+    if n_drop:
+        worst = top_k(mi, finished)[finished - n_drop:]  # best first: the last n_drop
+        out[worst] = float("nan")
+    return out
+
+
+def selection_words(select_by: str, keep: int, filter_drop: float) -> str:
+    """Which of a prompt's candidates a round keeps, in words (`generate.select_by`, `keep`,
+    `filter_drop`).
+
+    Example:
+        >>> selection_words("mi_filter", 2, 0.25)
+        '2 at random among all but the lowest 25% by MI'
+    """
+    if select_by == "random":
+        return f"{keep} at random"
+    if select_by == "mi_filter":
+        return f"{keep} at random among all but the lowest {filter_drop:.0%} by MI"
+    return f"the best {keep} by {'MI' if select_by == 'mi' else select_by}"
+
+
 @dataclass(frozen=True)
 class PoolCheck:
     """Does selection help? Means over prompts, by `generate.pool_metric`: of the kept candidates

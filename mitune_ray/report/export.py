@@ -39,6 +39,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray.families import FAMILIES, Family
 from mitune_ray.manifest import read_run
 from mitune_ray.models import BUNDLED_PREFIX, TINY_PREFIX
+from mitune_ray.select import selection_words
 from mitune_ray.storage import Store, is_s3
 
 CONFIG_FILE = "adapter_config.json"  # peft's name: PeftConfig.from_pretrained(DIR) reads it
@@ -207,6 +208,7 @@ def model_card(store: Store, manifest: dict, cfg: Config, fam: Family, round_ind
                  + (f", {mi.renoise_draws} re-noising draws per prompt"
                     if mi.estimator == "renoise" else ""))
     pipeline = fam.pipeline_class
+    kept = selection_words(gen.select_by, gen.keep, gen.filter_drop)
     lines = [
         f"# MI-TUNE DoRA adapter: round {round_index} of {cfg.run.rounds}",
         "",
@@ -214,8 +216,8 @@ def model_card(store: Store, manifest: dict, cfg: Config, fam: Family, round_ind
         f"{FAMILY_NAMES.get(fam.name, fam.name)} model `{base}`, tuned by MI-TUNE with mitune_ray "
         f"{manifest.get('code_version', '?')}: the model generated {gen.candidates} candidates per "
         "prompt and scored each by its mutual information with the prompt, estimated from the "
-        f"model's own predictions; the best {gen.keep} by `generate.select_by={gen.select_by}` "
-        "were kept, and the adapter was fine-tuned on them.",
+        f"model's own predictions; it kept {kept} of each prompt's candidates "
+        f"(`generate.select_by={gen.select_by}`), and the adapter was fine-tuned on them.",
         "",
         "## Run",
         "",

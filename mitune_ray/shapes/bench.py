@@ -54,6 +54,8 @@ from mitune_ray.shapes.prompts import TUNE_RESERVE
 from mitune_ray.storage import Store
 
 ARMS = ("mi", "random", "checker", "anti")  # anti: the checker reversed (an anti-oracle)
+# Arms run only when named (`--arms`): mi_filter (MI as a filter, `generate.select_by=mi_filter`).
+EXTRA_ARMS = ("mi_filter",)
 RESULTS = "shapes-bench.json"  # in --out, beside the runs
 # In --out: the base model's candidates and MI, sampled by a replicate's first arm and read back by
 # the others (`generate.candidate_cache`): round 1 and the base model's evaluation images.
@@ -625,7 +627,8 @@ def main(argv: list[str]) -> int:
                         help="deprecated: the same as a FIELD=VALUE argument")
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="selection arms to run: mi, random, checker (the oracle), anti (the "
-                             "anti-oracle) (comma-separated)")
+                             "anti-oracle) (comma-separated; default: those four); also "
+                             "mi_filter (random among all but MI's lowest quarter)")
     parser.add_argument("--replicates", type=int, default=1, metavar="N",
                         help="repeat every arm with N generation x training seeds (replicate k: "
                              "seeds k-1), one run folder each; a rerun resumes the series")
@@ -648,10 +651,10 @@ def main(argv: list[str]) -> int:
     if args.replicates < 1:
         raise MituneError(f"--replicates {args.replicates}: run at least 1")
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-    unknown = set(arms) - set(ARMS)
+    unknown = set(arms) - set(ARMS + EXTRA_ARMS)
     if unknown or not arms:
         raise MituneError(f"--arms {args.arms!r} names unknown arms {sorted(unknown)}; "
-                          f"use some of {', '.join(ARMS)}")
+                          f"use some of {', '.join(ARMS + EXTRA_ARMS)}")
     scale = QUICK if args.quick else Scale()
     flags = {"tune_split": args.tune_split, "mi": args.mi} | (
         {"rounds": args.rounds} if args.rounds else {})

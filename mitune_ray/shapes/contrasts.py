@@ -26,7 +26,8 @@ from mitune_ray.errors import MituneError
 from mitune_ray.metrics.agreement import bootstrap_mean_interval, bootstrap_two_level_interval
 
 # (A, B): A's rate minus B's. checker is the oracle, anti the anti-oracle.
-CONTRASTS = (("checker", "random"), ("checker", "anti"), ("mi", "random"))
+CONTRASTS = (("checker", "random"), ("checker", "anti"), ("mi", "random"),
+             ("mi_filter", "random"), ("mi_filter", "mi"))
 EFFICIENCY_ARMS = ("mi", "random", "checker")
 PRIMARY_ROUND = 1  # the pre-registered endpoint: round 1 at the bench's guidance (docs/shapes.md)
 # Effects a series must be able to resolve (fully-correct rate, 0-1): the oracle against the

@@ -38,7 +38,8 @@ from mitune_ray.sampling import Prompt
 from mitune_ray.select import PoolCheck, pool_check
 from mitune_ray.storage import Store
 
-BUILTIN_SELECTORS = ("mi", "random")  # generate.select_by; any other is a registered selector
+# generate.select_by; any other is a registered selector
+BUILTIN_SELECTORS = ("mi", "mi_filter", "random")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from mitune_ray.errors import MituneError
 from mitune_ray import sampling
 from mitune_ray.families import encode_prompts, load_pipeline
 from mitune_ray.sampling import CandidateSampler, Prompt, candidate_seed
+from mitune_ray.select import top_k
 
 FAMILIES = ["sd", "sdxl", "sd3"]
 PROMPTS = [Prompt("p-red", "a red cube on a table"), Prompt("p-blue", "a blue ball")]
@@ -136,6 +137,24 @@ def test_pruning_finishes_only_the_best_fraction_and_selects_among_them(pipes):
         assert p.selected[0].index in finished
         # Survivors ran the same trajectory as in the full run: same final MI.
         np.testing.assert_allclose([p.mi[i] for i in finished], [f.mi[i] for i in finished], rtol=1e-3)
+
+
+def test_mi_filter_keeps_at_random_among_all_but_the_lowest_mi(pipes):
+    # The same candidates and MI as the plain MI selection (the selection is the only change),
+    # and each kept one is the random draw's best among those above the lowest quarter by MI.
+    by_mi = make(pipes, "sd", candidates=8, keep=2, select_by="mi").generate(PROMPTS, 1,
+                                                                          decode=False)
+    filtered = make(pipes, "sd", candidates=8, keep=2, select_by="mi_filter",
+                    filter_drop=0.25).generate(PROMPTS, 1, decode=False)
+    for a, b in zip(by_mi, filtered):
+        assert a.mi == b.mi
+        mi = torch.tensor(b.mi)
+        draw = sampling.random_scores(0, b.prompt.prompt_id, 1, len(b.mi))
+        lowest = set(torch.argsort(mi)[:2].tolist())
+        expected = top_k(torch.where(torch.isin(torch.arange(8), torch.tensor(sorted(lowest))),
+                                     torch.tensor(float("nan"), dtype=torch.float64), draw), 2)
+        assert [s.index for s in b.selected] == expected
+        assert not lowest & {s.index for s in b.selected}
 
 
 def test_control_selections_random_and_checker(pipes, monkeypatch):

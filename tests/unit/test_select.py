@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mitune_ray.select import PoolCheck, pool_check, top_k
+from mitune_ray.select import PoolCheck, filtered_draw, pool_check, selection_words, top_k
 
 
 def test_top_k_orders_best_first_and_never_picks_nan():
@@ -29,3 +29,38 @@ def test_pool_check_compares_kept_with_the_pool_mean_and_the_best_possible():
     assert pool_check([([0.0, 1.0, 0.0], [0, 2])]).best == 0.5
     assert pool_check([]) is None and pool_check([([nan, nan], [0])]) is None
     assert all(math.isfinite(v) for v in (check.kept, check.pool, check.best))
+
+
+def test_the_filter_drops_the_lowest_mi_share_and_keeps_the_draw_elsewhere():
+    nan = float("nan")
+    mi = torch.tensor([5.0, 1.0, nan, 3.0, 2.0, 4.0, 0.0, 6.0, 7.0])  # 8 finished, one pruned
+    draw = torch.arange(9, dtype=torch.float64) / 10
+    out = filtered_draw(mi, draw, drop=0.25, keep=2)  # 0.25 x 8: the two lowest MI (0.0, 1.0)
+    dropped = [i for i in range(9) if math.isnan(out[i])]
+    assert dropped == [1, 2, 6]  # MI 1.0 and 0.0, and the unfinished candidate
+    assert all(out[i] == draw[i] for i in range(9) if i not in dropped)
+    # Rounded down: 0.3 x 8 = 2.4 drops two; ties in MI drop the higher index first.
+    out = filtered_draw(mi, draw, drop=0.3, keep=1)
+    assert [i for i, v in enumerate(out) if math.isnan(v)] == [1, 2, 6]
+    tied = filtered_draw(torch.tensor([1.0, 1.0, 2.0]), torch.zeros(3), drop=0.5, keep=1)
+    assert math.isnan(tied[1]) and not math.isnan(tied[0])
+
+
+def test_the_filter_never_leaves_fewer_than_keep_and_drop_zero_is_random():
+    mi = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    draw = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    # 0.9 x 4 = 3 would leave one of the two to keep: only two are dropped.
+    out = filtered_draw(mi, draw, drop=0.9, keep=2)
+    assert top_k(out, 2) == [0, 2]
+    assert [math.isnan(v) for v in out.tolist()] == [False, True, False, True]
+    assert filtered_draw(mi, draw, drop=0.0, keep=1).tolist() == draw.tolist()
+    # The kept ones follow the draw among the survivors, not the MI.
+    assert top_k(filtered_draw(mi, torch.tensor([0.1, 0.2, 0.9, 0.8], dtype=torch.float64),
+                               drop=0.5, keep=1), 1) == [2]
+
+
+def test_each_selection_in_words():
+    assert selection_words("mi", 2, 0.25) == "the best 2 by MI"
+    assert selection_words("random", 1, 0.25) == "1 at random"
+    assert selection_words("checker", 2, 0.25) == "the best 2 by checker"
+    assert selection_words("mi_filter", 2, 0.5) == "2 at random among all but the lowest 50% by MI"

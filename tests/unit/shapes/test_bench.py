@@ -8,7 +8,9 @@ from dataclasses import asdict
 import pytest
 
 from mitune_ray.errors import MituneError
-from mitune_ray.shapes.bench import Scale, arm_from_results, mitune_series, resumable_series
+from mitune_ray.shapes.bench import (
+    Scale, arm_config, arm_from_results, main, mitune_series, resumable_series,
+)
 
 
 def _arm(rate: float) -> dict:
@@ -116,3 +118,17 @@ def test_another_model_a_bad_file_or_no_series_is_refused(tmp_path):
     agreement_only.write_text(json.dumps({"model": "bundled:shapes", "agreement": {}}))
     with pytest.raises(MituneError, match="holds no MI-TUNE series"):
         resumable_series(str(agreement_only), "bundled:shapes", Scale())
+
+
+def test_the_filter_arm_runs_only_when_named_and_unknown_arms_are_refused(tmp_path):
+    cfg = arm_config(str(tmp_path), "mi_filter", "bundled:shapes", Scale(), quick=False)
+    assert (cfg.generate.select_by, cfg.generate.filter_drop) == ("mi_filter", 0.25)
+    # The same candidates as the other arms: only the selection differs.
+    mi = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False).to_dict()
+    other = cfg.to_dict()
+    for c in (mi, other):
+        c["run"].pop("uri"), c["generate"].pop("select_by")
+    assert other == mi
+    with pytest.raises(MituneError, match="names unknown arms \\['best'\\]; use some of mi, "
+                                          "random, checker, anti, mi_filter"):
+        main(["--arms", "mi,best", "--out", str(tmp_path / "out")])

@@ -61,6 +61,14 @@ def test_contrasts_are_paired_per_replicate_and_pooled_over_the_series():
     assert loop_efficiency({"1": {"mi": {"p": 0.5}, "random": {"p": 0.5}}}) is None
 
 
+def test_the_filter_arm_is_compared_with_random_and_with_mi_when_it_ran():
+    rates = _series(2, 40, {"random": 0.0, "mi": 0.02, "mi_filter": 0.05})
+    contrasts = statistics(rates)["contrasts"]
+    assert set(contrasts) == {"mi-random", "mi_filter-random", "mi_filter-mi"}
+    assert contrasts["mi_filter-mi"]["diff"] == pytest.approx(
+        contrasts["mi_filter-random"]["diff"] - contrasts["mi-random"]["diff"])
+
+
 def test_the_efficiency_interval_widens_with_replicate_spread():
     effects = {"random": 0.0, "checker": 0.1, "mi": 0.05}
     calm = loop_efficiency(_series(6, 80, effects, between=0.0, seed=1))
