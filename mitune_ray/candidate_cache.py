@@ -32,8 +32,7 @@ from mitune_ray.storage import Store
 # GenerateSection fields that do not change a prompt's candidates or their MI: how they are
 # selected, judged and shown, and where the work runs.
 NOT_IN_KEY = ("keep", "select_by", "filter_drop", "pool_metric", "gallery_prompts", "actors",
-              "gpus_per_actor",
-              "cpus_per_actor", "candidate_cache")
+              "gpus_per_actor", "cpus_per_actor", "candidate_cache")
 
 
 def cache_key(*, model: dict, gen: GenerateSection, mi: MISection, device: str) -> str:

@@ -40,12 +40,12 @@ from mitune_ray.progress import Console, banner_line, silent_progress
 from mitune_ray.prompts import prepare_corpus, read_prompt_shard
 from mitune_ray.runtime import ensure_ray
 from mitune_ray.sampling import Prompt
-from mitune_ray.select import PoolCheck, selection_words
+from mitune_ray.select import BUILTIN_SELECTORS, PoolCheck, selection_words
 from mitune_ray.stages.evaluate import (
     BUILTIN_METRICS, EvalPrompts, check_guidance, evaluation_guidance, generation_settings,
     score_version,
 )
-from mitune_ray.stages.generate import BUILTIN_SELECTORS, generate_round
+from mitune_ray.stages.generate import generate_round
 from mitune_ray.stages.train import train_adapter
 from mitune_ray.storage import Store, is_s3
 from mitune_ray.tokenizer import clip_tokenizer

@@ -27,7 +27,7 @@ from mitune_ray.mi import (
     LevelTable, RenoiseDraws, TrajectoryMI, ddpm_levels, ddpm_trajectory_weights, draw_levels,
     eps_term, flow_levels, flow_trajectory_weights, mean_and_stderr, renoise_terms, velocity_term,
 )
-from mitune_ray.select import filtered_draw, top_k
+from mitune_ray.select import BUILTIN_SELECTORS, filtered_draw, top_k
 
 if TYPE_CHECKING:
     from mitune_ray.candidate_cache import CandidateCache
@@ -108,7 +108,7 @@ class CandidateSampler:
         their MI are read from when all there, and stored otherwise (`candidate_cache`)."""
         self.pipe, self.fam, self.gen, self.mi_cfg = pipe, fam, gen, mi
         self.cache = cache
-        if gen.select_by not in ("mi", "mi_filter", "random") and scorer is None:
+        if gen.select_by not in BUILTIN_SELECTORS and scorer is None:
             raise ValueError(f"generate.select_by={gen.select_by} needs a scorer (a registered "
                              "selector, e.g. ShapesWorld's checker)")
         self.scorer, self.judge = scorer, judge

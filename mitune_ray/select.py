@@ -1,4 +1,4 @@
-"""Top-k selection by MI, and how good a selection was against its pool (pure)."""
+"""Top-k selection by MI, MI as a filter, and how good a selection was against its pool (pure)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+# generate.select_by values that need no scorer (any other is a registered selector, e.g.
+# ShapesWorld's checker): MI, MI as a filter, a seeded random draw.
+BUILTIN_SELECTORS = ("mi", "mi_filter", "random")
 
 
 def top_k(scores: torch.Tensor, k: int) -> list[int]:

@@ -35,11 +35,8 @@ from mitune_ray.records import (
     gallery_table, pack_tensors, scores_table, selected_table, shard_name, to_parquet_bytes,
 )
 from mitune_ray.sampling import Prompt
-from mitune_ray.select import PoolCheck, pool_check
+from mitune_ray.select import BUILTIN_SELECTORS, PoolCheck, pool_check
 from mitune_ray.storage import Store
-
-# generate.select_by; any other is a registered selector
-BUILTIN_SELECTORS = ("mi", "mi_filter", "random")
 
 
 @dataclass(frozen=True)
