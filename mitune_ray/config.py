@@ -131,13 +131,13 @@ class GenerateSection(Section):
     pool_metric: Literal["auto", "none", "shapes"] = "auto"
     # What ranks the candidates: MI (MI-TUNE); mi_filter (MI as a filter: the candidates with
     # the lowest MI, a `filter_drop` share of them, are never kept, and the kept ones are drawn at
-    # random among the rest; on ShapesWorld MI tells the worst quarter of a pool from the rest,
-    # not the best candidate from the next: docs/shapes.md, search 3); or the controls of the
-    # ShapesWorld benchmark: random (a seeded draw), checker (the exact ShapesWorld checker: an
-    # oracle upper bound) and anti (the checker reversed: the least correct candidates, an
-    # anti-oracle lower bound).
+    # random among the rest; on ShapesWorld's validation prompts MI tells the better half of a
+    # pool from the worse, not the best candidate from the next: docs/shapes.md, search 3); or the
+    # controls of the ShapesWorld benchmark: random (a seeded draw), checker (the exact
+    # ShapesWorld checker: an oracle upper bound) and anti (the checker reversed: the least
+    # correct candidates, an anti-oracle lower bound).
     select_by: Literal["mi", "mi_filter", "random", "checker", "anti"] = "mi"
-    filter_drop: float = Field(0.25, ge=0.0, lt=1.0)  # select_by=mi_filter: the share dropped
+    filter_drop: float = Field(0.5, ge=0.0, lt=1.0)  # select_by=mi_filter: the share dropped
     # Throughput levers (see `mitune bench`): measured one at a time, off unless they pay.
     compile: bool = False  # torch.compile the denoiser (warm-up per batch size, cache per node)
     fuse_qkv: bool = False  # one matmul for Q, K and V (after adapters are fused)

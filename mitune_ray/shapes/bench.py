@@ -628,7 +628,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="selection arms to run: mi, random, checker (the oracle), anti (the "
                              "anti-oracle) (comma-separated; default: those four); also "
-                             "mi_filter (random among all but MI's lowest quarter)")
+                             "mi_filter (random among MI's better half)")
     parser.add_argument("--replicates", type=int, default=1, metavar="N",
                         help="repeat every arm with N generation x training seeds (replicate k: "
                              "seeds k-1), one run folder each; a rerun resumes the series")

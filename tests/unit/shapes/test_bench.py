@@ -122,7 +122,7 @@ def test_another_model_a_bad_file_or_no_series_is_refused(tmp_path):
 
 def test_the_filter_arm_runs_only_when_named_and_unknown_arms_are_refused(tmp_path):
     cfg = arm_config(str(tmp_path), "mi_filter", "bundled:shapes", Scale(), quick=False)
-    assert (cfg.generate.select_by, cfg.generate.filter_drop) == ("mi_filter", 0.25)
+    assert (cfg.generate.select_by, cfg.generate.filter_drop) == ("mi_filter", 0.5)
     # The same candidates as the other arms: only the selection differs.
     mi = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False).to_dict()
     other = cfg.to_dict()
