@@ -3,7 +3,7 @@
 Runs that sample the same base model with the same settings and seeds draw the same candidates
 (every candidate's noise comes from its seed, `sampling.candidate_seed`), and differ only in how
 they select among them: the arms of a ShapesWorld series (`mitune shapes bench --replicates`),
-or a run tried again with another `generate.select_by` or `generate.keep`. With a cache folder
+or a run tried again with another `generate.select_by`, `keep` or `filter_drop`. With a cache folder
 set, a generation stores each prompt's finished latents with their MI, and a later one whose
 batch of prompts is all there reads them back instead of sampling and scoring: in a series the
 arms after the first skip round 1's sampling and the base model's evaluation images.

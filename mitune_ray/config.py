@@ -144,8 +144,8 @@ class GenerateSection(Section):
     channels_last: bool = False  # NHWC convolutions (UNets)
     prune: PruneSection = Field(default_factory=PruneSection)
     # A folder (local or s3://) where the base model's candidates and their MI are kept, so that
-    # runs that differ only in how they select (select_by, keep) sample them once: the arms of a
-    # ShapesWorld series (mitune_ray/candidate_cache.py). None: nothing is cached.
+    # runs that differ only in how they select (select_by, keep, filter_drop) sample them once:
+    # the arms of a ShapesWorld series (mitune_ray/candidate_cache.py). None: nothing is cached.
     candidate_cache: str | None = None
 
     @model_validator(mode="after")
@@ -313,12 +313,15 @@ RUN_OUTSIDE_IDENTITY = ("allow_config_change", "evaluate", "uri", "rounds")
 
 def section_identity(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """One section's part of `Config.identity` (its keys as a dict, e.g. a stored one): less
-    `PLACEMENT`, and for `train` grad_accum and workers as their effective batch.
+    `PLACEMENT`, for `train` grad_accum and workers as their effective batch, and for `generate`
+    filter_drop only where it selects (select_by=mi_filter).
 
         >>> section_identity("train", {"lr": 1e-4, "batch_size": 8, "grad_accum": 25, "workers": 2})
         {'lr': 0.0001, 'batch_size': 8, 'effective_batch': 400}
     """
     out = {k: v for k, v in values.items() if f"{name}.{k}" not in PLACEMENT}
+    if name == "generate" and out.get("select_by") != "mi_filter":
+        out.pop("filter_drop", None)
     if name == "train" and out.get("grad_accum") is not None:  # unset: a family default, as is
         out["effective_batch"] = out["batch_size"] * out.pop("grad_accum") * out.pop("workers")
     return out

@@ -4,7 +4,7 @@ Each kind of entry maps a name, as the config spells it, to a "package.module:at
 
 - `PROMPT_SOURCES`: a prompt source `NAME:...` in `prompts.train` / `prompts.eval`; the callable
   gets the whole source and the setting it came from (`fn(source, where)`) and returns the texts.
-- `SELECTORS`: `generate.select_by: NAME` (besides the built-in mi and random); the callable
+- `SELECTORS`: `generate.select_by: NAME` (besides the built-in mi, mi_filter and random); the callable
   `fn(prompt_text, images) -> scores` ranks a prompt's candidates instead of MI.
 - `POOL_METRICS`: `generate.pool_metric: NAME`; the callable `fn(prompt_text, images) -> scores`
   judges every candidate, kept or not (does selection help?).

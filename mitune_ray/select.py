@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +29,10 @@ def top_k(scores: torch.Tensor, k: int) -> list[int]:
 
 def filtered_draw(mi: torch.Tensor, draw: torch.Tensor, *, drop: float, keep: int) -> torch.Tensor:
     """`generate.select_by=mi_filter`: MI as a filter, not a picker. A prompt's random draw
-    (`draw`, one uniform score per candidate) with its lowest-MI finished candidates removed
-    (NaN): `drop` of them (rounded down), never so many that fewer than `keep` remain; NaN where
-    the MI is NaN (not finished). The kept ones are then the draw's top `keep` among the rest.
+    (`draw`, one uniform score per candidate) without its lowest-MI candidates (NaN): the share
+    `drop` of all of them (rounded down), the unfinished ones (NaN MI: pruned, the lowest by the
+    pruning's own ranking) counted first, never so many that fewer than `keep` remain. The kept
+    ones are then the draw's top `keep` among the rest.
 
     Example:
         >>> filtered_draw(torch.tensor([3.0, 0.0, 2.0, 1.0]), torch.tensor([0.5, 0.9, 0.25, 0.75]),
@@ -40,7 +42,8 @@ def filtered_draw(mi: torch.Tensor, draw: torch.Tensor, *, drop: float, keep: in
     finished = int((~mi.isnan()).sum())
     out = torch.where(mi.isnan(), torch.full_like(draw, float("nan"), dtype=torch.float64),
                       draw.double())
-    n_drop = min(int(drop * finished), max(finished - keep, 0))
+    share = math.floor(drop * len(mi) + 1e-9) - (len(mi) - finished)
+    n_drop = min(max(share, 0), max(finished - keep, 0))
     if n_drop:
         worst = top_k(mi, finished)[finished - n_drop:]  # best first: the last n_drop
         out[worst] = float("nan")

@@ -97,6 +97,10 @@ class Scale:
     # the checker (tau +0.23; +0.05 at 5), so the series judges MI where it sees. 0: candidates at
     # `guidance`.
     candidate_guidance: float = 7.5
+    # `generate.filter_drop` of the mi_filter arm (run only when named): the share of a prompt's
+    # candidates with the lowest MI it never keeps (the validation pool's rank profile splits
+    # them at about half: docs/shapes.md, search 3).
+    filter_drop: float = 0.5
     # Prompts MI-TUNE tunes on: "tune" (held-out combinations, none restating an evaluation
     # prompt: the paper's train/validation prompts of one category) or "train" (the base
     # model's own training split: improvements must then transfer to unseen combinations).
@@ -250,6 +254,7 @@ def arm_config(root: str, arm: str, model_path: str, scale: Scale, quick: bool,
         "generate.max_batch=64", f"generate.candidate_cache={root}/{CANDIDATE_CACHE}",
         f"generate.prompts_per_batch={4 if quick else 8}", f"generate.actors={actors}",
         "generate.cpus_per_actor=0.5", f"generate.select_by={arm}", "generate.gallery_prompts=2",
+        f"generate.filter_drop={scale.filter_drop}",
         "train.rank=8", f"train.batch_size={scale.train_batch}", "train.grad_accum=1",
         f"train.steps={scale.train_steps}", f"train.lr={scale.lr}", "train.workers=2",
         f"train.loss_weight_cap={scale.loss_weight_cap}", f"train.min_timestep={scale.min_timestep}",
@@ -562,8 +567,9 @@ def read_results(flag: str, path: str) -> dict:
 
 
 # Workload settings added after benches began to run replicate series, and the value a series
-# written before ran with: candidates at the bench's guidance, evaluation on held-out prompts.
-ADDED_SINCE_SERIES = {"candidate_guidance": 0.0, "eval_split": "eval"}
+# written before ran with: candidates at the bench's guidance, evaluation on held-out prompts, no
+# mi_filter arm (any value: the default).
+ADDED_SINCE_SERIES = {"candidate_guidance": 0.0, "eval_split": "eval", "filter_drop": 0.5}
 
 
 def resumable_series(path: str, model: str, scale: Scale) -> dict:
@@ -628,7 +634,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arms", default=",".join(ARMS),
                         help="selection arms to run: mi, random, checker (the oracle), anti (the "
                              "anti-oracle) (comma-separated; default: those four); also "
-                             "mi_filter (random among MI's better half)")
+                             "mi_filter (random among all but MI's lowest filter_drop share)")
     parser.add_argument("--replicates", type=int, default=1, metavar="N",
                         help="repeat every arm with N generation x training seeds (replicate k: "
                              "seeds k-1), one run folder each; a rerun resumes the series")

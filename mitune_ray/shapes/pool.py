@@ -186,15 +186,22 @@ def score_batch(sampler, texts: list[str], scale: PoolScale) -> list[dict]:
     return out
 
 
-def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
-    """A variant's score of each candidate of one prompt (None: no draw in its band)."""
+def variant_draws(record: dict, variant: Variant) -> np.ndarray | None:
+    """The draws a variant reads of one prompt, (draws, candidates): the first `variant.draws`
+    in its band, in its form, weighted or not (None: no draw in its band)."""
     levels = np.array(record["levels"])
     chosen = np.flatnonzero((levels > variant.t_low) & (levels <= variant.t_high))[:variant.draws]
     if not len(chosen):
         return None
-    values = np.array(record[variant.form])[chosen]  # (draws, candidates)
-    if not variant.kappa:
-        values = values / np.array(record["scale"])[chosen, None]
+    values = np.array(record[variant.form], dtype=float)[chosen]
+    return values if variant.kappa else values / np.array(record["scale"])[chosen, None]
+
+
+def variant_scores(record: dict, variant: Variant) -> np.ndarray | None:
+    """A variant's score of each candidate of one prompt (None: no draw in its band)."""
+    values = variant_draws(record, variant)
+    if values is None:
+        return None
     if variant.aggregate == "median":
         return np.median(values, 0)
     if variant.aggregate == "rank":

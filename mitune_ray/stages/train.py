@@ -33,9 +33,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
+from pydantic import BaseModel, ValidationError
+
 from mitune_ray import layout
 from mitune_ray.adapters import ADAPTER_FILE, check_adapter, meta_denoiser
-from mitune_ray.config import Config, section_identity
+from mitune_ray.config import Config, GenerateSection, MISection, TrainSection, section_identity
 from mitune_ray.errors import MituneError, user_error_in
 from mitune_ray.families import resolve_family
 from mitune_ray.models import resolve_model_path
@@ -121,7 +123,7 @@ def train_adapter(cfg: Config, *, model_path: str, selected: Sequence[str], out:
     train = cfg.train
     prompts = tuple(validation_prompts)[: train.validation_prompts]
     inputs = _inputs(cfg, model_path, selected, run_name, init_adapter, base_adapters, prompts)
-    stored = _stored_inputs(out, inputs)
+    stored = stored_inputs(out, inputs)
     if stored is not None and out.exists(RESULT_REL):
         result = TrainResult.from_dict(out.read_json(RESULT_REL))
         log(f"training {out.child_uri(run_name)} already finished; its adapter is "
@@ -188,10 +190,11 @@ def _inputs(cfg: Config, model_path, selected, run_name, init_adapter, base_adap
     }
 
 
-def _stored_inputs(out: Store, inputs: dict) -> dict | None:
+def stored_inputs(out: Store, inputs: dict) -> dict | None:
     """The stored inputs of an earlier attempt (None: first attempt); refuses ones that would
     give another result (`config.section_identity`: other worker counts, batch sizes and
-    resources are the same training)."""
+    resources are the same training). Stored sections are read by this version's rules, so a
+    setting added since (at its default) does not refuse a training an older version began."""
     if not out.exists(INPUTS_REL):
         return None
     stored = out.read_json(INPUTS_REL)
@@ -206,13 +209,24 @@ def _stored_inputs(out: Store, inputs: dict) -> dict | None:
 
 def _result_inputs(inputs: dict) -> dict:
     """Inputs as far as they decide the result: placement settings out (`config.PLACEMENT`),
-    train.grad_accum and train.workers as their effective batch."""
-    out = dict(inputs, train=section_identity("train", inputs["train"]))
+    train.grad_accum and train.workers as their effective batch, every section with this
+    version's defaults for keys it lacks."""
+    out = dict(inputs, train=section_identity("train", _current(TrainSection, inputs["train"])))
     sampling = inputs.get("validation_sampling")
     if sampling:
         out["validation_sampling"] = dict(
-            sampling, generate=section_identity("generate", sampling["generate"]))
+            sampling, mi=_current(MISection, sampling["mi"]),
+            generate=section_identity("generate", _current(GenerateSection, sampling["generate"])))
     return out
+
+
+def _current(section: type[BaseModel], values: dict) -> dict:
+    """A stored section as this version reads it (defaults for keys added since), or as stored
+    where it no longer validates (a key since removed: compared as it is, so it refuses)."""
+    try:
+        return section.model_validate(values).model_dump(mode="json")
+    except ValidationError:
+        return values
 
 
 def _check_resize(out: Store, stored: dict, train, run_name: str) -> None:

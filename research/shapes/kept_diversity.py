@@ -6,8 +6,9 @@ so its kept set carries less than random's. This reads one replicate of a `mitun
 output folder: the round-1 scores of one of its runs (every candidate's MI and checker verdict,
 `pool_metric`) and the bench's candidate cache (every candidate's final latent). For each arm it
 recomputes the candidates the arm keeps with the generation stage's own rules (`select.top_k` of
-the MI, of `sampling.random_scores`, of the checker's scores of the decoded candidates or of
-their negation; the run read checks them against its own picks) and measures
+the MI, of `sampling.random_scores` (for `mi_filter`, without MI's lowest share:
+`select.filtered_draw`), of the checker's scores of the decoded candidates or of their negation;
+the run read checks them against its own picks) and measures
 the mean Euclidean distance between a prompt's kept latents, against the mean over all pairs of
 its candidates; each arm minus random with a 95% bootstrap interval over prompts. Every
 prompt's distances are kept in the JSON.
@@ -32,18 +33,22 @@ from mitune_ray.imaging import to_uint8
 from mitune_ray.metrics.agreement import bootstrap_mean_interval
 from mitune_ray.models import ModelSpec, load_model
 from mitune_ray.sampling import random_scores
-from mitune_ray.select import top_k
+from mitune_ray.select import filtered_draw, top_k
 from mitune_ray.shapes.bench import CANDIDATE_CACHE, replicate_dir
 from mitune_ray.shapes.checker import checker_scores
 
-ARMS = ("mi", "random", "checker", "anti")
+ARMS = ("mi", "random", "checker", "anti", "mi_filter")
 
 
-def kept(arm: str, row: dict, oracle: list[float], seed: int, keep: int) -> list[int]:
+def kept(arm: str, row: dict, oracle: list[float], seed: int, keep: int,
+         filter_drop: float = 0.5) -> list[int]:
     """The candidates `arm` keeps of one prompt, from its round-1 scores `row` and the checker's
     scores of its candidates, `oracle` (`checker.checker_scores`)."""
-    scores = {"mi": lambda: torch.tensor(row["mi"], dtype=torch.float64),
-              "random": lambda: random_scores(seed, row["prompt_id"], 1, len(row["mi"])),
+    mi = torch.tensor(row["mi"], dtype=torch.float64)
+    draw = random_scores(seed, row["prompt_id"], 1, len(row["mi"]))
+    scores = {"mi": lambda: mi,
+              "random": lambda: draw,
+              "mi_filter": lambda: filtered_draw(mi, draw, drop=filter_drop, keep=keep),
               "checker": lambda: torch.tensor(oracle, dtype=torch.float64),
               "anti": lambda: -torch.tensor(oracle, dtype=torch.float64)}[arm]()
     return top_k(scores, keep)
@@ -95,7 +100,8 @@ def measure(root: Path, replicate: int) -> dict:
         if z is None or len(z) < 2:
             continue
         oracle = oracle_scores(pipe, texts[row["prompt_id"]], z)
-        picks = {arm: kept(arm, row, oracle, config["seed"], config["keep"]) for arm in ARMS}
+        picks = {arm: kept(arm, row, oracle, config["seed"], config["keep"],
+                           config.get("filter_drop", 0.5)) for arm in ARMS}
         matches += sorted(picks[arm_read]) == sorted(row["selected"])
         per_prompt[row["prompt_id"]] = {arm: mean_distance(z, p) for arm, p in picks.items()} | {
             "pool": mean_distance(z, list(range(len(z))))}

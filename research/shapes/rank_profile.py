@@ -21,13 +21,14 @@ Every prompt's verdict by rank is kept in the JSON, so any other contrast can be
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 
 import numpy as np
 
 from mitune_ray.metrics.agreement import bootstrap_mean_interval
-from mitune_ray.shapes.pool import Variant, efficiency, variant_scores
+from mitune_ray.shapes.pool import Variant, efficiency, variant_draws
 
 DRAWS = (16, 32)
 BOUNDS = (0.0, 0.5, 1.0, 2.0)  # c of the lower confidence bound mean - c x standard error
@@ -41,15 +42,6 @@ def read_records(folder: Path, split: str) -> list[dict]:
     return records
 
 
-def draw_values(record: dict, draws: int) -> np.ndarray:
-    """(draws, candidates): the point-wise form of the first `draws` draws with t > 50, the
-    draws `Variant("standard", draws)` averages."""
-    variant = Variant("standard", draws)
-    levels = np.array(record["levels"])
-    chosen = np.flatnonzero((levels > variant.t_low) & (levels <= variant.t_high))[:draws]
-    return np.array(record["standard"], dtype=float)[chosen]
-
-
 def lower_bound(values: np.ndarray, c: float) -> np.ndarray:
     """Per candidate: the draws' mean minus c standard errors of it."""
     if c == 0 or len(values) < 2:
@@ -57,15 +49,21 @@ def lower_bound(values: np.ndarray, c: float) -> np.ndarray:
     return values.mean(0) - c * values.std(0, ddof=1) / np.sqrt(len(values))
 
 
-def by_rank(record: dict, draws: int) -> list[float]:
+def by_rank(record: dict, draws: int) -> list[float] | None:
     """The checker's verdict (1: fully correct) of the prompt's candidates, best MI first (ties to
-    the lower index, as `select.top_k`)."""
-    scores = variant_scores(record, Variant("standard", draws))
-    order = np.argsort(-scores, kind="stable")
+    the lower index, as `select.top_k`): MI the mean of the draws `Variant("standard", draws)`
+    reads (None: no draw in its band)."""
+    values = variant_draws(record, Variant("standard", draws))
+    if values is None:
+        return None
+    order = np.argsort(-values.mean(0), kind="stable")
     return [float(np.array(record["correct"])[i]) for i in order]
 
 
 def profile(records: list[dict], draws: int) -> dict:
+    """The rank profile and lower-bound efficiencies of a prompt list's records (prompts with no
+    draw in the band left out)."""
+    records = [r for r in records if by_rank(r, draws) is not None]
     verdicts = np.array([by_rank(r, draws) for r in records])  # (prompts, candidates)
     ranks = []
     for k in range(verdicts.shape[1]):
@@ -76,7 +74,7 @@ def profile(records: list[dict], draws: int) -> dict:
         rows = []
         for r in records:
             correct = np.array(r["correct"], dtype=float)
-            pick = int(np.argmax(lower_bound(draw_values(r, draws), c)))
+            pick = int(np.argmax(lower_bound(variant_draws(r, Variant("standard", draws)), c)))
             rows.append((float(correct[pick]), float(correct.mean()), float(correct.max())))
         bounds[f"{c:g}"] = efficiency(rows)
     return {"draws": draws, "pool": float(verdicts.mean()), "ranks": ranks,
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
     work = json.loads((args.folder / "work.json").read_text())
-    result: dict = {"work": work, "splits": {}}
+    result: dict = {"date": datetime.date.today().isoformat(), "work": work, "splits": {}}
     for split in ("validation", "held_out"):
         records = read_records(args.folder, split)
         if not records:

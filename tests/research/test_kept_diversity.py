@@ -25,6 +25,9 @@ def test_each_arm_keeps_by_its_own_scores():
     assert kept("checker", row, oracle, seed=0, keep=2) == [0, 2]
     assert kept("anti", row, oracle, seed=0, keep=2) == [3, 1]
     assert kept("random", row, oracle, seed=4, keep=2) == top_k(random_scores(4, "p", 1, 4), 2)
+    # MI as a filter: at random among MI's better half (candidates 1 and 2), whatever the draw.
+    assert sorted(kept("mi_filter", row, oracle, seed=4, keep=2, filter_drop=0.5)) == [1, 2]
+    assert set(kept("mi_filter", row, oracle, seed=4, keep=1, filter_drop=0.5)) <= {1, 2}
 
 
 def test_mean_distance_over_the_kept_pairs():

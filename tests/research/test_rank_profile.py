@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from research.shapes.rank_profile import by_rank, draw_values, lower_bound, main, profile
+from research.shapes.rank_profile import by_rank, lower_bound, main, profile
 
 
 def _record(prompt_id: str, correct: list[float], draws: np.ndarray) -> dict:
@@ -29,17 +29,20 @@ def test_candidates_are_ranked_by_the_draws_mean_best_first_ties_to_the_lower_in
 def test_draws_outside_the_band_are_not_used():
     record = _record("p", [1.0, 0.0], np.array([[5.0, 0.0], [0.0, 9.0]]))
     record["levels"] = [30, 200]  # the first draw's t is below the band (t > 50)
-    assert draw_values(record, 16).tolist() == [[0.0, 9.0]]
     assert by_rank(record, 16) == [0.0, 1.0]
+    record["levels"] = [30, 40]  # no draw in the band: the prompt cannot be ranked
+    assert by_rank(record, 16) is None
 
 
 def test_a_lower_confidence_bound_prefers_the_steadier_candidate():
-    # Same mean (2), candidate 0 steady, candidate 1 noisy: the mean ties (first index wins),
-    # any c > 0 picks the steady one, and the bound is mean - c x standard error exactly.
-    values = np.array([[2.0, 0.0], [2.0, 4.0], [2.0, 0.0], [2.0, 4.0]])
+    # Same mean (2), candidate 0 noisy, candidate 1 steady: the mean ties (the first index
+    # wins), any c > 0 picks the steady one, and the bound is mean - c x standard error exactly.
+    values = np.array([[0.0, 2.0], [4.0, 2.0], [0.0, 2.0], [4.0, 2.0]])
     assert lower_bound(values, 0.0).tolist() == [2.0, 2.0]
-    se = values[:, 1].std(ddof=1) / 2.0
-    assert lower_bound(values, 1.0) == pytest.approx([2.0, 2.0 - se])
+    assert int(np.argmax(lower_bound(values, 0.0))) == 0
+    assert int(np.argmax(lower_bound(values, 0.5))) == 1
+    se = values[:, 0].std(ddof=1) / 2.0
+    assert lower_bound(values, 1.0) == pytest.approx([2.0 - se, 2.0])
 
 
 def test_profile_fractions_by_rank_and_every_prompt_kept(tmp_path):

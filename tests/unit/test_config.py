@@ -114,3 +114,15 @@ def test_other_worker_counts_keep_the_effective_batch_or_are_refused_in_one_line
     other = load_config(None, ["train.grad_accum=10", "train.workers=2"])
     assert keep_effective_batch(other, stored) == (other, None)
     assert other.fingerprint() != stored.fingerprint()
+
+
+def test_filter_drop_is_part_of_a_run_only_where_it_selects():
+    from mitune_ray.config import load_config
+
+    def fingerprint(*overrides):
+        return load_config(None, list(overrides)).fingerprint()
+
+    # MI's own selection: the filter's share is not read, so it is not part of the run.
+    assert fingerprint("generate.filter_drop=0.25") == fingerprint()
+    filtered = ["generate.select_by=mi_filter"]
+    assert fingerprint(*filtered, "generate.filter_drop=0.25") != fingerprint(*filtered)

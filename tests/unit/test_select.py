@@ -32,18 +32,31 @@ def test_pool_check_compares_kept_with_the_pool_mean_and_the_best_possible():
 
 
 def test_the_filter_drops_the_lowest_mi_share_and_keeps_the_draw_elsewhere():
-    nan = float("nan")
-    mi = torch.tensor([5.0, 1.0, nan, 3.0, 2.0, 4.0, 0.0, 6.0, 7.0])  # 8 finished, one pruned
-    draw = torch.arange(9, dtype=torch.float64) / 10
+    mi = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0, 0.0, 6.0, 7.0])
+    draw = torch.arange(8, dtype=torch.float64) / 10
     out = filtered_draw(mi, draw, drop=0.25, keep=2)  # 0.25 x 8: the two lowest MI (0.0, 1.0)
-    dropped = [i for i in range(9) if math.isnan(out[i])]
-    assert dropped == [1, 2, 6]  # MI 1.0 and 0.0, and the unfinished candidate
-    assert all(out[i] == draw[i] for i in range(9) if i not in dropped)
-    # Rounded down: 0.3 x 8 = 2.4 drops two; ties in MI drop the higher index first.
-    out = filtered_draw(mi, draw, drop=0.3, keep=1)
-    assert [i for i, v in enumerate(out) if math.isnan(v)] == [1, 2, 6]
+    assert [i for i in range(8) if math.isnan(out[i])] == [1, 5]
+    assert all(out[i] == draw[i] for i in range(8) if i not in (1, 5))
+    # Rounded down (0.3 x 8 = 2.4: two), also where the product is a hair under an integer.
+    assert [i for i, v in enumerate(filtered_draw(mi, draw, drop=0.3, keep=1)) if math.isnan(v)] \
+        == [1, 5]
+    hundred = filtered_draw(torch.arange(100.0), torch.zeros(100), drop=0.29, keep=1)
+    assert int(hundred.isnan().sum()) == 29  # 0.29 x 100 = 28.999... in floats
+    # Ties in MI drop the higher index first (top_k's order, reversed).
     tied = filtered_draw(torch.tensor([1.0, 1.0, 2.0]), torch.zeros(3), drop=0.5, keep=1)
     assert math.isnan(tied[1]) and not math.isnan(tied[0])
+
+
+def test_pruned_candidates_count_towards_the_dropped_share():
+    nan = float("nan")
+    mi = torch.tensor([5.0, nan, 3.0, nan, 4.0, 0.0, 6.0, 7.0])  # two pruned of eight
+    draw = torch.full((8,), 0.5, dtype=torch.float64)
+    # drop 0.5 of 8 = 4: the two pruned and the two lowest finished (MI 0.0 and 3.0).
+    out = filtered_draw(mi, draw, drop=0.5, keep=2)
+    assert [i for i in range(8) if math.isnan(out[i])] == [1, 2, 3, 5]
+    # drop 0.25 of 8 = 2: the pruned ones are that share already; no finished one is dropped.
+    out = filtered_draw(mi, draw, drop=0.25, keep=2)
+    assert [i for i in range(8) if math.isnan(out[i])] == [1, 3]
 
 
 def test_the_filter_never_leaves_fewer_than_keep_and_drop_zero_is_random():

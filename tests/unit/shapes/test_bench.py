@@ -93,6 +93,7 @@ def test_a_file_without_a_setting_added_later_ran_with_its_old_value(tmp_path):
     scale = Scale(candidate_guidance=0.0, eval_split="eval")  # what series ran before the fields
     kept = json.loads(open(_results(tmp_path, scale)).read())
     del kept["scale"]["eval_split"], kept["scale"]["candidate_guidance"]
+    del kept["scale"]["filter_drop"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(kept))
     assert resumable_series(str(path), "bundled:shapes", scale)["arms"] == ["checker", "random"]
@@ -121,8 +122,14 @@ def test_another_model_a_bad_file_or_no_series_is_refused(tmp_path):
 
 
 def test_the_filter_arm_runs_only_when_named_and_unknown_arms_are_refused(tmp_path):
+    from mitune_ray.shapes.bench import ARMS
+
+    assert "mi_filter" not in ARMS  # the series' default arms are the registered four
     cfg = arm_config(str(tmp_path), "mi_filter", "bundled:shapes", Scale(), quick=False)
     assert (cfg.generate.select_by, cfg.generate.filter_drop) == ("mi_filter", 0.5)
+    quarter = arm_config(str(tmp_path), "mi_filter", "bundled:shapes", Scale(filter_drop=0.25),
+                         quick=False)
+    assert quarter.generate.filter_drop == 0.25
     # The same candidates as the other arms: only the selection differs.
     mi = arm_config(str(tmp_path), "mi", "bundled:shapes", Scale(), quick=False).to_dict()
     other = cfg.to_dict()
