@@ -71,6 +71,10 @@ def worker(rank: int, world: int, port: int, folder: str, save: bool) -> None:
             with open(os.path.join(folder, f"after-{'saved' if save else 'resumed'}.json"),
                       "w") as f:
                 json.dump({"lr": lr, "state": state}, f)
+        # Every rank done with its collectives before any tears gloo down: once, a rank that
+        # destroyed its group while the other still talked aborted it ("terminate called
+        # without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
