@@ -54,8 +54,12 @@ def by_rank(record: dict, draws: int) -> list[float] | None:
     the lower index, as `select.top_k`): MI the mean of the draws `Variant("standard", draws)`
     reads (None: no draw in its band)."""
     values = variant_draws(record, Variant("standard", draws))
-    if values is None:
-        return None
+    return None if values is None else _ranked(record, values)
+
+
+def _ranked(record: dict, values: np.ndarray) -> list[float]:
+    """The checker's verdicts of a prompt's candidates in the order of the draws' mean, best
+    first (a stable sort: ties to the lower index)."""
     order = np.argsort(-values.mean(0), kind="stable")
     return [float(np.array(record["correct"])[i]) for i in order]
 
@@ -63,8 +67,9 @@ def by_rank(record: dict, draws: int) -> list[float] | None:
 def profile(records: list[dict], draws: int) -> dict:
     """The rank profile and lower-bound efficiencies of a prompt list's records (prompts with no
     draw in the band left out)."""
-    records = [r for r in records if by_rank(r, draws) is not None]
-    verdicts = np.array([by_rank(r, draws) for r in records])  # (prompts, candidates)
+    variant = Variant("standard", draws)
+    drawn = [(r, v) for r in records if (v := variant_draws(r, variant)) is not None]
+    verdicts = np.array([_ranked(r, v) for r, v in drawn])  # (prompts, candidates)
     ranks = []
     for k in range(verdicts.shape[1]):
         low, high = bootstrap_mean_interval(verdicts[:, k], seed=k)
@@ -72,14 +77,14 @@ def profile(records: list[dict], draws: int) -> dict:
     bounds = {}
     for c in BOUNDS:
         rows = []
-        for r in records:
+        for r, values in drawn:
             correct = np.array(r["correct"], dtype=float)
-            pick = int(np.argmax(lower_bound(variant_draws(r, Variant("standard", draws)), c)))
+            pick = int(np.argmax(lower_bound(values, c)))
             rows.append((float(correct[pick]), float(correct.mean()), float(correct.max())))
         bounds[f"{c:g}"] = efficiency(rows)
     return {"draws": draws, "pool": float(verdicts.mean()), "ranks": ranks,
             "lower_bound_efficiency": bounds,
-            "by_prompt": {r["prompt_id"]: v for r, v in zip(records, verdicts.tolist())}}
+            "by_prompt": {r["prompt_id"]: v for (r, _), v in zip(drawn, verdicts.tolist())}}
 
 
 def main(argv: list[str] | None = None) -> int:
